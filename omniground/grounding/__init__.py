@@ -1,0 +1,21 @@
+"""The grounding language: boxes and spans as values, as model text, and how much two of them overlap.
+
+Every other part of omniground writes and reads locations only through this package.
+"""
+
+from omniground.grounding.geometry import Box, Span, box_giou, box_iou, span_giou, span_iou
+from omniground.grounding.text import ParseResult, format_box, format_span, ground_phrase, parse
+
+__all__ = [
+    "Box",
+    "Span",
+    "ParseResult",
+    "box_iou",
+    "box_giou",
+    "span_iou",
+    "span_giou",
+    "format_box",
+    "format_span",
+    "ground_phrase",
+    "parse",
+]
