@@ -82,7 +82,8 @@ _SECONDS_SPAN = re.compile(
 )
 _PHRASE_BREAK = re.compile(r"[.;:!?\n,()\"]")
 _LEADING_FILLER = re.compile(
-    r"^(?:(?:and|or|with|while|but|then|also|here|is|are|there|the answer|answer|located|at|in)\b\s*)+",
+    r"^(?:(?:and|or|with|while|but|then|also|here|is|are|was|were|there|the answer|answer|located|at|in|what|where|"
+    r"which|who|how|does|do|did|can|could|please|find|locate|show|me|give|tell|detect|point to)\b\s*)+",
     re.IGNORECASE,
 )
 _TRAILING_FILLER = re.compile(
@@ -149,10 +150,10 @@ class _Parser:
                 frame = "norm1"
             elif self.image_size is not None:
                 frame = "pixel"
-            elif max(vals) <= 1000:
-                frame = "norm1000"
+            elif max(vals) <= 1000 and all(float(v).is_integer() for v in vals):
+                frame = "norm1000"  # Qwen-VL / Ferret style integer grid
             else:
-                self.problem(pos, "box looks like pixels but no image size was given")
+                self.problem(pos, "box coordinate outside 0..1 (pixel boxes need the image size)")
                 return None
         if frame == "norm1000":
             vals = [v / 1000 for v in vals]

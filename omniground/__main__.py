@@ -1,0 +1,3 @@
+from omniground.cli import main
+
+main()
