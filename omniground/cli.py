@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omniground.errors import UserError
+from omniground.eval.cli import app as eval_app
 from omniground.media.errors import MediaError
 
 app = typer.Typer(
@@ -26,10 +28,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-
-
-class UserError(Exception):
-    """A problem with what the user asked for; shown as one line, exit code 2."""
 
 
 def _not_yet(command: str, issue: str) -> None:
@@ -119,10 +117,7 @@ def train() -> None:
     _not_yet("train", "the Training issue")
 
 
-@app.command(name="eval")
-def evaluate() -> None:
-    """Evaluate on grounding benchmarks and compare systems."""
-    _not_yet("eval", "the Evaluation issue")
+app.add_typer(eval_app, name="eval")
 
 
 @app.command()

@@ -52,6 +52,9 @@ def test_parse_boxes_with_their_phrases():
     assert r.boxes[0].xyxy == (0.1, 0.2, 0.3, 0.4)
     assert r.boxes[2].xyxy == (0.7, 0.7, 0.8, 0.9)
     assert r.plain_text == "There is a red car and two dogs."
+    text = "There is a red car[0.100,0.200,0.300,0.400] and two dogs[0.5,0.5,0.6,0.6][0.7,0.7,0.8,0.9]."
+    assert [text[loc.start:loc.end] for loc in parse(text).located] == [
+        "[0.100,0.200,0.300,0.400]", "[0.5,0.5,0.6,0.6]", "[0.7,0.7,0.8,0.9]"]
 
 
 def test_parse_spans_with_spacing_variants():

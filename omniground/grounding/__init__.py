@@ -4,12 +4,13 @@ Every other part of omniground writes and reads locations only through this pack
 """
 
 from omniground.grounding.geometry import Box, Span, box_giou, box_iou, span_giou, span_iou
-from omniground.grounding.text import ParseResult, format_box, format_span, ground_phrase, parse
+from omniground.grounding.text import Located, ParseResult, format_box, format_span, ground_phrase, parse
 
 __all__ = [
     "Box",
     "Span",
     "ParseResult",
+    "Located",
     "box_iou",
     "box_giou",
     "span_iou",

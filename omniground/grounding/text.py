@@ -45,6 +45,15 @@ def ground_phrase(phrase: str, items: Iterable[Box | Span]) -> str:
     return phrase + "".join(format_box(i) if isinstance(i, Box) else format_span(i) for i in items)
 
 
+@dataclass(frozen=True)
+class Located:
+    """A box or span and the character offsets of its notation, for rewriting text around locations."""
+
+    start: int
+    end: int
+    item: Box | Span
+
+
 @dataclass
 class ParseResult:
     """Everything valid found in a text, in text order, plus why the rest was dropped."""
@@ -53,6 +62,7 @@ class ParseResult:
     spans: list[Span] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     plain_text: str = ""  # the text with every box/span notation removed
+    located: list[Located] = field(default_factory=list)  # boxes and spans in text order with their offsets
 
     @property
     def ok(self) -> bool:
@@ -301,9 +311,12 @@ class _Parser:
             else:
                 phrase = _phrase_before(gap)
             if it.kind == "box":
-                result.boxes.append(Box(*it.value, phrase=phrase))
+                item: Box | Span = Box(*it.value, phrase=phrase)
+                result.boxes.append(item)
             else:
-                result.spans.append(Span(*it.value, phrase=phrase))
+                item = Span(*it.value, phrase=phrase)
+                result.spans.append(item)
+            result.located.append(Located(it.start, it.end, item))
             prev_end, prev_phrase, prev_kind = it.end, phrase, it.kind
         result.plain_text = _strip_items(self.text, self.items)
         return result

@@ -10,6 +10,7 @@ import io
 import os
 from typing import Iterable, Union
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
@@ -86,7 +87,7 @@ def figure_to_image(fig: Figure) -> Image.Image:
     """The figure's pixels as an RGB image, exactly as `save_png` would write them."""
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
-    return Image.fromarray(canvas.buffer_rgba()).convert("RGB")
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
 
 def _write_png(picture: Picture, target) -> None:

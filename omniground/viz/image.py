@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from omniground.grounding import Box
-from omniground.viz.common import hex_to_rgb, label_text, phrase_colors, save_png, text_color_on
+from omniground.viz.common import label_text, phrase_colors, save_png, text_color_on
 
 _FONT_DIR = Path(matplotlib.get_data_path()) / "fonts" / "ttf"  # DejaVu ships with matplotlib: no system font needed
 

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import ConnectionPatch, Rectangle
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 from PIL import Image
 
 from omniground.grounding import Span
@@ -265,6 +265,8 @@ def _draw_lanes(ax: Axes, lanes: _Lanes, duration: float) -> None:
     ax.tick_params(axis="y", length=0, labelsize=LABEL_PT)
     ax.tick_params(axis="x", labelsize=LABEL_PT)
     long = duration >= LONG_MEDIA_S
+    if long:  # ticks on whole minutes and their usual divisions, not at 8:20
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=10, steps=[1, 1.5, 2, 3, 6, 10]))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda t, _: format_seconds(t, long) if long else f"{t:g}"))
     ax.set_xlabel("time (m:ss)" if long else "time (s)", fontsize=LABEL_PT)
     ax.grid(axis="x", color="#eeeeee", lw=0.8)
