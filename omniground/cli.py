@@ -17,7 +17,6 @@ from rich.table import Table
 
 from omniground.errors import UserError
 from omniground.eval.cli import app as eval_app
-from omniground.media.errors import MediaError
 
 app = typer.Typer(
     name="omniground",
@@ -130,7 +129,7 @@ def main() -> None:
     """Console-script entry: user-caused errors become one line on stderr and exit code 2."""
     try:
         app()
-    except (MediaError, UserError) as e:
+    except UserError as e:  # MediaError is one
         err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:

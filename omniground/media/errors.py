@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from omniground.errors import UserError
 
-class MediaError(Exception):
+
+class MediaError(UserError):
     """Raised for media that cannot be used; str(e) is one line fit to show a user as is."""
 
     def __init__(self, path: str | os.PathLike | None, problem: str):
