@@ -95,3 +95,108 @@ def test_answer_normalisation():
     assert normalize_answer("The  Red car!") == "red car"
     assert exact_match(["A red car.", "blue"], ["red car", "green"]) == 0.5
     assert yes_no_accuracy(["Yes, there is.", "No.", "maybe"], ["yes", "yes", "no"]) == pytest.approx(1 / 3)
+
+
+# --- thresholds hit exactly, and just missed ------------------------------------------------------
+# Every IoU below is an exact binary fraction or the very float of the threshold literal, so a `>` in
+# place of `>=` (or a threshold off by one step) changes the result.
+
+
+def test_rec_thresholds_each_hit_exactly():
+    gt = Box(0.0, 0.0, 1.0, 1.0)
+    at = {t: Box(0.0, 0.0, 1.0, t) for t in (0.5, 0.75, 0.9)}  # IoU == t exactly
+    m = rec_metrics([[at[0.5]], [at[0.75]], [at[0.9]]], [gt, gt, gt])
+    assert (m["acc@0.5"], m["acc@0.75"], m["acc@0.9"]) == pytest.approx((3 / 3, 2 / 3, 1 / 3))
+    just_below = rec_metrics([[Box(0.0, 0.0, 1.0, 0.5 - 1e-6)]], [gt])
+    assert just_below["acc@0.5"] == 0.0  # the float tolerance is far smaller than any real miss
+
+
+def test_temporal_thresholds_each_hit_exactly():
+    gt = Span(0.0, 1.0)
+    m = temporal_metrics([[Span(0.0, 0.3)], [Span(0.0, 0.5)], [Span(0.0, 0.7)]], [gt, gt, gt])
+    assert (m["r1@0.3"], m["r1@0.5"], m["r1@0.7"]) == pytest.approx((3 / 3, 2 / 3, 1 / 3))
+    assert temporal_metrics([[Span(0.0, 0.7 - 1e-6)]], [gt])["r1@0.7"] == 0.0
+
+
+def test_event_collars_are_inclusive():
+    ref = [(1.0, 5.0)]  # length 4 s: offset collar max(0.25, 20% of 4) = 0.8 s
+    assert match_events([(1.25, 5.0)], ref, onset_collar=0.25).tp == 1
+    assert match_events([(1.2501, 5.0)], ref, onset_collar=0.25).tp == 0
+    assert match_events([(1.0, 5.75)], ref, onset_collar=0.25, offset_collar_pct=0.1875).tp == 1  # 0.75 s exactly
+    assert match_events([(1.0, 5.7501)], ref, onset_collar=0.25, offset_collar_pct=0.1875).tp == 0
+
+
+def test_grounded_caption_threshold_is_inclusive():
+    gt = Box(0.0, 0.0, 1.0, 1.0)
+    assert grounded_caption_recall([[Box(0.0, 0.0, 1.0, 0.5)]], [[gt]]) == 1.0
+    assert grounded_caption_recall([[Box(0.0, 0.0, 1.0, 0.4375)]], [[gt]]) == 0.0
+
+
+# --- normalisation: the same answer in every frame a system may write gives the same score ----------
+
+
+def _rec_sample(w, h):
+    from omniground.data.schema import Sample
+
+    return Sample(id="s", media=[{"type": "image", "path": "x.png", "width": w, "height": h}],
+                  conversation=[{"role": "user", "content": "<image>\nthe cat?"},
+                                {"role": "assistant", "content": "the cat[0.100,0.200,0.500,0.600]"}],
+                  boxes=[{"phrase": "the cat", "box": [0.1, 0.2, 0.5, 0.6]}], task="rec", stage=2, source="t",
+                  license="CC0-1.0")
+
+
+@pytest.mark.parametrize("text, frame", [
+    ("the cat[0.100,0.200,0.500,0.600]", "auto"),  # ours, 0..1
+    ('{"bbox_2d": [20, 20, 100, 60], "label": "cat"}', "auto"),  # Qwen2.5-VL pixels of a 200x100 image
+    ("<ref>cat</ref><box>(100,200),(500,600)</box>", "auto"),  # Qwen-VL 0..1000
+    ("the cat [100, 200, 500, 600]", "norm1000"),  # Ferret/Shikra-style integers, frame given
+    ("the cat [20, 20, 100, 60]", "pixel"),
+])
+def test_box_frames_normalise_to_the_same_box(text, frame):
+    from omniground.eval.runner import parse_prediction, score
+
+    s = _rec_sample(200, 100)  # not square: a swapped width/height would move the box
+    p = parse_prediction(s, text, frame)
+    assert p.boxes[0] == pytest.approx([0.1, 0.2, 0.5, 0.6])
+    assert score([s], {"s": p})["rec/train"]["acc@0.9"] == 1.0
+
+
+def test_padded_square_answers_are_mapped_back_to_the_image():
+    from omniground.eval.runner import parse_prediction
+
+    s = _rec_sample(200, 100)  # padded to 200x200, the image 50 px down: y 0.2..0.6 -> 0.35..0.55 of the square
+    p = parse_prediction(s, "the cat[0.100,0.350,0.500,0.550]", padded_square=True)
+    assert p.boxes[0] == pytest.approx([0.1, 0.2, 0.5, 0.6])
+
+
+@pytest.mark.parametrize("text", ["{0.25,0.50}", "from 5.0s to 10.0s", "between 00:05 and 00:10", "5 - 10 seconds"])
+def test_span_units_normalise_to_the_same_span(text):
+    from omniground.data.schema import Sample
+    from omniground.eval.runner import parse_prediction, score
+
+    s = Sample(id="v", media=[{"type": "video", "path": "v.mp4", "duration": 20.0}],
+               conversation=[{"role": "user", "content": "<video>\nwhen?"},
+                             {"role": "assistant", "content": "then {0.25,0.50}"}],
+               spans=[{"phrase": "then", "start": 5.0, "end": 10.0}], task="video_grounding", stage=2, source="t",
+               license="CC0-1.0")
+    p = parse_prediction(s, text)
+    assert p.spans[0] == pytest.approx([0.25, 0.5])
+    assert score([s], {"v": p})["video_grounding/train"]["r1@0.7"] == 1.0
+
+
+def test_an_exact_pixel_tie_survives_normalisation():
+    # In pixels the top half of a 10x20 box has IoU 0.5 exactly, as reference code computing in pixels finds;
+    # normalised by 640x480 the floats give 0.49999999999999994. The tie must still count.
+    gt = Box.from_pixels((1, 1, 11, 21), 640, 480)
+    half = Box.from_pixels((1, 1, 11, 11), 640, 480)
+    assert rec_metrics([[half]], [gt])["acc@0.5"] == 1.0
+
+
+def test_answers_without_a_location_are_counted_apart():
+    from omniground.eval.runner import parse_prediction, score
+
+    s = _rec_sample(200, 100)
+    t = _rec_sample(200, 100).model_copy(update={"id": "t"})
+    preds = {"s": parse_prediction(s, "I cannot tell."), "t": parse_prediction(t, "[0.1,0.2,0.5,0.6]")}
+    m = score([s, t], preds)["rec/train"]
+    assert m["no_location"] == 0.5 and m["acc@0.5"] == 0.5  # the unanswered one is a miss, not dropped

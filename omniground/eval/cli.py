@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -12,6 +12,8 @@ from rich.table import Table
 
 from omniground.data.schema import BadLine, read_jsonl
 from omniground.errors import UserError
+from omniground.eval.benchmarks import BENCHMARKS, prepare_generated, prepare_public
+from omniground.eval.benchmarks import resolve as _resolve
 from omniground.eval.predictors import EndpointError, EndpointPredictor, Predictor
 
 app = typer.Typer(help="Evaluate on grounding benchmarks and compare systems.", no_args_is_help=True)
@@ -23,63 +25,143 @@ class EvalError(UserError):
 
 
 def _predictor(model: Optional[str], endpoint: Optional[str], endpoint_model: Optional[str], api_key: Optional[str],
-               box_frame: str, prompt_suffix: str) -> Predictor:
+               box_frame: str, prompt_suffix: str, padded_square: bool = False) -> Predictor:
     if bool(model) == bool(endpoint):
         raise EvalError("give exactly one of --model PATH or --endpoint URL")
+    if box_frame not in ("auto", "norm1", "norm1000", "pixel"):
+        raise EvalError(f"--box-frame must be auto, norm1, norm1000 or pixel, not {box_frame!r}")
     if endpoint:
         if not endpoint_model:
             raise EvalError("--endpoint needs --endpoint-model NAME")
-        return EndpointPredictor(endpoint, endpoint_model, api_key, box_frame=box_frame, prompt_suffix=prompt_suffix)
-    from omniground.eval.model_predictor import ModelPredictor
-
+        return EndpointPredictor(endpoint, endpoint_model, api_key, box_frame=box_frame, prompt_suffix=prompt_suffix,
+                                 padded_square=padded_square)
+    try:
+        from omniground.eval.model_predictor import ModelPredictor
+    except ImportError as e:
+        raise EvalError(f"--model needs omniground.eval.model_predictor ({e}); use --endpoint meanwhile") from e
     return ModelPredictor(model)  # type: ignore[arg-type]
 
 
-@app.command("run")
-def run(
-    data: Path = typer.Option(..., "--data", help="Benchmark JSONL in the omniground schema."),
-    out: Path = typer.Option(..., "--out", help="Folder for predictions, metrics.json and report.md."),
-    model: Optional[str] = typer.Option(None, "--model", help="omniground checkpoint (path or name)."),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL."),
-    endpoint_model: Optional[str] = typer.Option(None, "--endpoint-model", help="Model name at the endpoint."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OMNIGROUND_EVAL_API_KEY"),
-    box_frame: str = typer.Option("auto", help="How the system's numbers > 1 are read: auto, pixel, norm1000."),
-    prompt_suffix: str = typer.Option("", help="Text appended to every question (e.g. a format instruction)."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N samples."),
-    batch_size: int = typer.Option(8, min=1),
-    media_root: Optional[Path] = typer.Option(None, help="Folder media paths are relative to (default: the data's)."),
-) -> None:
-    """Predict (resumable), score, and write metrics.json + report.md with baselines, histograms, examples."""
+def evaluate(data: Path, out: Path, predictor: Predictor, root: Path, notes: list[str], limit: Optional[int] = None,
+             batch_size: int = 8, examples: int = 3) -> Path:
+    """Predict (resumable), score, and write the report; the one path every command ends in."""
     from omniground.eval.report import write_report
     from omniground.eval.runner import baseline_scores, predict_all, score
 
-    if not data.is_file():
-        raise EvalError(f"{data}: no such benchmark file")
-    if box_frame not in ("auto", "norm1", "norm1000", "pixel"):
-        raise EvalError(f"--box-frame must be auto, norm1, norm1000 or pixel, not {box_frame!r}")
     bad: list[BadLine] = []
     samples = list(read_jsonl(data, bad))[:limit]
-    root = media_root or data.parent
-    missing = [s for s in samples if any(not s.media_path(i, root).exists() for i in range(len(s.media)))]
-    usable = [s for s in samples if s not in missing]
-    notes = [f"data: {data} ({len(samples)} samples)"]
+    present = [all(s.media_path(i, root).exists() for i in range(len(s.media))) for s in samples]
+    usable = [s for s, ok in zip(samples, present) if ok]
+    missing = [s for s, ok in zip(samples, present) if not ok]
+    notes = [*notes, f"data: {data} ({len(samples)} samples)"]
     if bad:
         notes.append(f"{len(bad)} invalid lines skipped (first: line {bad[0].line}: {bad[0].error})")
     if missing:
         notes.append(f"{len(missing)} samples skipped: media file missing (first: {missing[0].media[0].path})")
-    for n in notes[1:]:
-        console.print(f"[yellow]{n}[/yellow]")
+    for n in notes:
+        console.print(f"[yellow]{n}[/yellow]" if "skipped" in n else n)
     if not usable:
-        raise EvalError(f"{data}: no sample with its media present")
-    predictor = _predictor(model, endpoint, endpoint_model, api_key, box_frame, prompt_suffix)
+        raise EvalError(f"{data}: no sample with its media present (media root: {root})")
+    _claim(out, predictor.name)
     try:
         preds = predict_all(usable, root, predictor, out / "predictions.jsonl", batch_size=batch_size)
     except EndpointError as e:
         raise EvalError(f"{e} (predictions so far kept in {out / 'predictions.jsonl'}; re-run to resume)") from e
     metrics = score(usable, preds)
-    report = write_report(out, predictor.name, metrics, baseline_scores(usable), usable, preds, root, notes)
+    report = write_report(out, predictor.name, metrics, baseline_scores(usable), usable, preds, root, notes,
+                          examples=examples)
     _print_metrics(predictor.name, metrics)
     console.print(f"report: {report}")
+    return report
+
+
+def _claim(out: Path, system: str) -> None:
+    """Predictions resume from OUT/predictions.jsonl: refuse to mix two systems' answers in one folder."""
+    stamp = out / "system.json"
+    if stamp.exists():
+        try:
+            owner = json.loads(stamp.read_text()).get("system")
+        except ValueError:
+            owner = None
+        if owner not in (None, system):
+            raise EvalError(f"{out} holds predictions of {owner}, not {system}: give another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"system": system}))
+
+
+_BENCH_HELP = "; ".join(f"{k}: --ann {b.ann}" for k, b in BENCHMARKS.items())
+
+
+@app.command("run")
+def run(
+    out: Path = typer.Option(..., "--out", help="Folder for predictions, metrics.json and report.md."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Benchmark JSONL in the omniground schema."),
+    benchmark: Optional[str] = typer.Option(
+        None, "--benchmark", help=f"A public benchmark read from its release files. {_BENCH_HELP}."),
+    ann: Optional[List[Path]] = typer.Option(None, "--ann", help="Annotation file/folder (repeatable)."),
+    durations: Optional[Path] = typer.Option(None, help="CSV id -> seconds for absent videos (Charades_v1_test.csv)."),
+    split: Optional[List[str]] = typer.Option(None, "--split", help="Only these splits (default: the protocol's)."),
+    model: Optional[str] = typer.Option(None, "--model", help="omniground checkpoint (path or name)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL."),
+    endpoint_model: Optional[str] = typer.Option(None, "--endpoint-model", help="Model name at the endpoint."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OMNIGROUND_EVAL_API_KEY"),
+    box_frame: str = typer.Option("auto", help="How the system's numbers > 1 are read: auto, pixel, norm1000."),
+    padded_square: bool = typer.Option(
+        False, help="The system's boxes are relative to the image padded to a square (original GroundingGPT)."),
+    prompt_suffix: str = typer.Option("", help="Text appended to every question (e.g. a format instruction)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N samples."),
+    batch_size: int = typer.Option(8, min=1),
+    examples: int = typer.Option(3, min=0, help="Best and worst examples drawn per group (0: none)."),
+    media_root: Optional[Path] = typer.Option(
+        None, help="The release's images/videos for --benchmark; else the folder --data's paths are relative to."),
+) -> None:
+    """Score a system on a benchmark: metrics.json + report.md with baselines, IoU histograms, best/worst examples.
+
+    Either --data JSONL (our schema) or --benchmark NAME --ann FILES --media-root DIR (public release,
+    converted with the data engine's converters into OUT/benchmark.jsonl). Predictions are appended to
+    OUT/predictions.jsonl as they come: re-running the same command resumes.
+    """
+    if (data is None) == (benchmark is None):
+        raise EvalError("give exactly one of --data JSONL or --benchmark NAME")
+    if data is not None and not data.is_file():
+        raise EvalError(f"{data}: no such benchmark file")
+    predictor = _predictor(model, endpoint, endpoint_model, api_key, box_frame, prompt_suffix, padded_square)
+    notes: list[str] = []
+    if benchmark is not None:
+        if not ann:
+            raise EvalError(f"--benchmark {benchmark} needs --ann ({BENCHMARKS[_resolve(benchmark)].ann})")
+        if media_root is None:
+            raise EvalError("--benchmark needs --media-root (the folder of the release's images or videos)")
+        data, notes = prepare_public(benchmark, ann, media_root, out, splits=split, durations=durations)
+        root = data.parent
+    else:
+        root = media_root or data.parent
+    evaluate(data, out, predictor, root, notes, limit=limit, batch_size=batch_size, examples=examples)
+
+
+@app.command("bench")
+def bench(
+    out: Path = typer.Option(..., "--out", help="Folder for the generated data, predictions and report."),
+    model: Optional[str] = typer.Option(None, "--model", help="omniground checkpoint (path or name: omniground-tiny)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="OpenAI-compatible base URL instead of --model."),
+    endpoint_model: Optional[str] = typer.Option(None, "--endpoint-model", help="Model name at the endpoint."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OMNIGROUND_EVAL_API_KEY"),
+    n: int = typer.Option(50, min=1, help="Samples per modality in each split (test and unseen)."),
+    modalities: str = typer.Option("image,video,audio", help="Comma list of image, video, audio."),
+    workers: int = typer.Option(1, min=1, help="Generator processes."),
+    batch_size: int = typer.Option(8, min=1),
+    examples: int = typer.Option(3, min=0, help="Best and worst examples drawn per group (0: none)."),
+) -> None:
+    """The generated benchmark in one command: held-out synthetic data, predictions, report with baselines.
+
+    Data come from a seed reserved for evaluation (omniground.eval.heldout, refused by training): split
+    'test' is in distribution, split 'unseen' holds combinations never generated for training. Re-running
+    reuses the data and every prediction already made.
+    """
+    predictor = _predictor(model, endpoint, endpoint_model, api_key, "auto", "")
+    mods = tuple(m.strip() for m in modalities.split(",") if m.strip())
+    data, notes = prepare_generated(out / "data", n, mods, workers=workers)
+    evaluate(data, out, predictor, data.parent, notes, batch_size=batch_size, examples=examples)
 
 
 def _print_metrics(system: str, metrics: dict) -> None:

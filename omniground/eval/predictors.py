@@ -20,6 +20,7 @@ from omniground.data.schema import PLACEHOLDER, Sample
 class Predictor(Protocol):
     name: str
     box_frame: str  # how numbers > 1 in its boxes are to be read: "auto", "pixel" or "norm1000"
+    # (optional) padded_square: bool, boxes relative to the image padded to a centred square
 
     def predict(self, samples: Sequence[Sample], root: Path) -> list[str]:
         """Answer text for the first user turn of each sample (media paths relative to `root`)."""
@@ -71,11 +72,13 @@ class EndpointPredictor:
         prompt_suffix: str = "",
         max_tokens: int = 256,
         timeout: float = 120.0,
+        padded_square: bool = False,
     ):
         self.url = url.rstrip("/")
         if not self.url.endswith("/chat/completions"):
             self.url += "/chat/completions" if self.url.endswith("/v1") else "/v1/chat/completions"
         self.model, self.box_frame, self.prompt_suffix, self.max_tokens = model, box_frame, prompt_suffix, max_tokens
+        self.padded_square = padded_square
         self.name = f"endpoint:{model}"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout, headers=headers)

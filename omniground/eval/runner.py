@@ -50,11 +50,18 @@ class Prediction:
         return [Span(*s) for s in self.spans]
 
 
-def parse_prediction(sample: Sample, text: str, box_frame: str = "auto") -> Prediction:
-    """Read an answer the way the grounding language reads any system's text, in the sample's frame."""
-    m = sample.media[0] if sample.media else None
-    size = (m.width, m.height) if m and m.width and m.height else None
-    r = parse(text, image_size=size, duration=m.duration if m else None, box_frame=box_frame)  # type: ignore[arg-type]
+def parse_prediction(sample: Sample, text: str, box_frame: str = "auto", padded_square: bool = False) -> Prediction:
+    """Read an answer the way the grounding language reads any system's text, in the sample's frame.
+
+    padded_square: the system writes boxes relative to the image padded to a centred square (the
+    original GroundingGPT's raw output); they are mapped back to the image before scoring.
+    """
+    image = next((m for m in sample.media if m.type == "image"), None)
+    timed = next((m for m in sample.media if m.type in ("video", "audio")), None)
+    size = (image.width, image.height) if image and image.width and image.height else None
+    duration = timed.duration if timed else None
+    r = parse(text, image_size=size, duration=duration, box_frame=box_frame,  # type: ignore[arg-type]
+              padded_square=padded_square)
     return Prediction(sample.id, text, [list(b.xyxy) for b in r.boxes], [[s.start, s.end] for s in r.spans],
                       r.problems)
 
@@ -90,7 +97,7 @@ def predict_all(
         for i in range(0, len(todo), batch_size):
             batch = todo[i : i + batch_size]
             for s, text in zip(batch, predictor.predict(batch, root), strict=True):
-                p = parse_prediction(s, text, predictor.box_frame)
+                p = parse_prediction(s, text, predictor.box_frame, getattr(predictor, "padded_square", False))
                 f.write(json.dumps(asdict(p)) + "\n")
                 f.flush()
                 done[s.id] = p
@@ -105,13 +112,23 @@ def group_of(sample: Sample) -> str:
     return f"{sample.task}/{sample.split}"
 
 
-def _gt_box(s: Sample) -> Box:
-    return Box(*s.boxes[0].box)
+def _gt_box(s: Sample, pred: Prediction | None = None) -> Box:
+    """The ground-truth box a prediction is scored against: with several (a phrase naming two objects, VGG-SS's
+    several annotators) the one its top-1 box overlaps most, as phrase-grounding protocols do (ANY-box)."""
+    boxes = [Box(*b.box) for b in s.boxes]
+    if pred is None or not pred.boxes or len(boxes) == 1:
+        return boxes[0]
+    first = pred.box_values()[0]
+    return max(boxes, key=lambda g: box_iou(first, g))
 
 
-def _gt_span(s: Sample) -> Span:
-    lab = s.spans[0]
-    return Span.from_seconds(lab.start, lab.end, s.media[lab.media].duration)  # type: ignore[arg-type]
+def _gt_span(s: Sample, pred: Prediction | None = None) -> Span:
+    """The ground-truth span; with several windows (QVHighlights) the one the top-1 span overlaps most."""
+    spans = [Span.from_seconds(lab.start, lab.end, s.media[lab.media].duration or 0.0) for lab in s.spans]
+    if pred is None or not pred.spans or len(spans) == 1:
+        return spans[0]
+    first = pred.span_values()[0]
+    return max(spans, key=lambda g: span_iou(first, g))
 
 
 def score(samples: Sequence[Sample], preds: dict[str, Prediction]) -> dict[str, dict[str, float]]:
@@ -124,15 +141,21 @@ def score(samples: Sequence[Sample], preds: dict[str, Prediction]) -> dict[str, 
         task = ss[0].task
         got = [preds.get(s.id) for s in ss]
         if task in BOX_TASKS:
-            out[name] = rec_metrics([p.box_values() if p else [] for p in got], [_gt_box(s) for s in ss])
+            gts = [_gt_box(s, p) for s, p in zip(ss, got)]
+            out[name] = rec_metrics([p.box_values() if p else [] for p in got], gts)
         elif task in SPAN_TASKS:
-            m = temporal_metrics([p.span_values() if p else [] for p in got], [_gt_span(s) for s in ss])
+            gt_spans = [_gt_span(s, p) for s, p in zip(ss, got)]
+            m = temporal_metrics([p.span_values() if p else [] for p in got], gt_spans)
             if task == "audio_grounding":
                 secs = [[sp.to_seconds(s.media[0].duration) for sp in (p.span_values() if p else [])[:1]]
                         for p, s in zip(got, ss)]
                 refs = [[(lab.start, lab.end) for lab in s.spans[:1]] for s in ss]
                 m.update(event_f1(secs, refs))
             out[name] = m
+        if task in BOX_TASKS | SPAN_TASKS:
+            # Answers with no readable location (already scored IoU 0): tells a format failure from a miss.
+            located = [bool(p and (p.boxes if task in BOX_TASKS else p.spans)) for p in got]
+            out[name]["no_location"] = 1.0 - sum(located) / len(located)
         elif task == "grounded_caption":
             out[name] = {"recall@0.5": grounded_caption_recall(
                 [p.box_values() if p else [] for p in got], [[Box(*b.box) for b in s.boxes] for s in ss]),
@@ -149,9 +172,9 @@ def score(samples: Sequence[Sample], preds: dict[str, Prediction]) -> dict[str, 
 def per_sample_iou(sample: Sample, pred: Prediction | None) -> float | None:
     """Top-1 IoU for box/span tasks (0 when nothing was predicted), None for other tasks."""
     if sample.task in BOX_TASKS:
-        return box_iou(pred.box_values()[0], _gt_box(sample)) if pred and pred.boxes else 0.0
+        return box_iou(pred.box_values()[0], _gt_box(sample, pred)) if pred and pred.boxes else 0.0
     if sample.task in SPAN_TASKS:
-        return span_iou(pred.span_values()[0], _gt_span(sample)) if pred and pred.spans else 0.0
+        return span_iou(pred.span_values()[0], _gt_span(sample, pred)) if pred and pred.spans else 0.0
     return None
 
 

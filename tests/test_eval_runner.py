@@ -1,0 +1,170 @@
+"""The evaluation runner end to end: an OpenAI-compatible endpoint started by the test, resumable
+predictions, metrics by group, baselines, report files, and `eval compare`."""
+
+import json
+import threading
+import wave
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from omniground.eval.cli import app  # the `omniground eval` sub-app (the top level imports torch)
+from omniground.data.schema import Sample, write_jsonl
+from omniground.eval.predictors import EndpointPredictor, openai_messages
+from omniground.eval.runner import baseline_scores, predict_all, score
+
+W, H = 200, 100
+
+
+def make_benchmark(root: Path) -> list[Sample]:
+    Image.new("RGB", (W, H), "white").save(root / "img.png")
+    with wave.open(str(root / "clip.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes((np.sin(np.arange(16000 * 4) / 5) * 8000).astype(np.int16).tobytes())
+    samples = []
+    for i in range(4):  # REC: target box [0.1,0.2,0.5,0.6] = pixels (20,20,100,60)
+        samples.append(Sample(
+            id=f"rec{i}", media=[{"type": "image", "path": "img.png", "width": W, "height": H}],
+            conversation=[{"role": "user", "content": f"<image>\nq{i}: where is the cat?"},
+                          {"role": "assistant", "content": "the cat[0.100,0.200,0.500,0.600]"}],
+            boxes=[{"phrase": "the cat", "box": [0.1, 0.2, 0.5, 0.6]}], task="rec", stage=2, source="test",
+            license="CC0-1.0", split="test"))
+    for i in range(2):  # audio grounding: 1.0 - 2.0 s of a 4 s clip
+        samples.append(Sample(
+            id=f"aud{i}", media=[{"type": "audio", "path": "clip.wav", "duration": 4.0}],
+            conversation=[{"role": "user", "content": f"<audio>\nq{4 + i}: when does the bell ring?"},
+                          {"role": "assistant", "content": "the bell rings {0.25,0.50}"}],
+            spans=[{"phrase": "the bell rings", "start": 1.0, "end": 2.0}], task="audio_grounding", stage=2,
+            source="test", license="CC0-1.0", split="test"))
+    write_jsonl(root / "bench.jsonl", samples)
+    return samples
+
+
+# What the scripted endpoint answers to each question (Qwen-style pixels and seconds, as a real peer would):
+ANSWERS = {
+    "q0": '```json\n[{"bbox_2d": [20, 20, 100, 60], "label": "cat"}]\n```',  # exact: IoU 1
+    "q1": '[{"bbox_2d": [20, 20, 100, 40], "label": "cat"}]',  # half height: IoU 0.5 exactly
+    "q2": "I cannot see a cat.",  # no box: counts as IoU 0
+    "q3": '[{"bbox_2d": [120, 60, 200, 100], "label": "cat"}]',  # disjoint: IoU 0
+    "q4": "The bell rings from 1.0s - 2.0s.",  # exact
+    "q5": "It rings from 00:02 to 00:04.",  # IoU 0 (2-4 s vs 1-2 s)
+}
+
+
+class Endpoint:
+    """A scripted OpenAI-compatible chat server on loopback; can be told to fail after N answers."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.fail_after: int | None = None
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                if outer.fail_after is not None and len(outer.requests) > outer.fail_after:
+                    self.send_response(503), self.end_headers()
+                    return
+                text = body["messages"][0]["content"][-1]["text"]
+                answer = ANSWERS[text.split(":")[0]]
+                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def endpoint():
+    e = Endpoint()
+    yield e
+    e.server.shutdown()
+
+
+def test_openai_messages_carry_media_as_content_parts(tmp_path):
+    s = make_benchmark(tmp_path)
+    img = openai_messages(s[0], tmp_path)[0]["content"]
+    assert img[0]["type"] == "image_url" and img[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert img[1] == {"type": "text", "text": "q0: where is the cat?"}  # placeholder removed
+    aud = openai_messages(s[4], tmp_path)[0]["content"]
+    assert aud[0]["type"] == "input_audio" and aud[0]["input_audio"]["format"] == "wav"
+
+
+def test_endpoint_predictions_are_scored_with_the_benchmark_metrics(tmp_path, endpoint):
+    samples = make_benchmark(tmp_path)
+    p = EndpointPredictor(endpoint.url, "peer-vl", api_key="k")
+    preds = predict_all(samples, tmp_path, p, tmp_path / "preds.jsonl", batch_size=2, show_progress=False)
+    assert endpoint.requests[0]["path"] == "/v1/chat/completions"
+    assert endpoint.requests[0]["auth"] == "Bearer k"
+    m = score(samples, preds)
+    assert m["rec/test"]["acc@0.5"] == pytest.approx(2 / 4)  # exact and IoU == 0.5; none and disjoint fail
+    assert m["rec/test"]["miou"] == pytest.approx((1 + 0.5) / 4)
+    assert m["audio_grounding/test"]["r1@0.5"] == pytest.approx(1 / 2)
+    assert m["audio_grounding/test"]["event_f1"] == pytest.approx(0.5)
+    base = baseline_scores(samples)
+    assert base["whole image / whole clip"]["rec/test"]["miou"] == pytest.approx(0.4 * 0.4)
+    assert base["whole image / whole clip"]["audio_grounding/test"]["miou"] == pytest.approx(0.25)
+
+
+def test_predictions_resume_after_a_failure_without_redoing_work(tmp_path, endpoint):
+    samples = make_benchmark(tmp_path)
+    p = EndpointPredictor(endpoint.url, "peer-vl")
+    endpoint.fail_after = 3
+    with pytest.raises(Exception):
+        predict_all(samples, tmp_path, p, tmp_path / "preds.jsonl", batch_size=1, show_progress=False)
+    kept = (tmp_path / "preds.jsonl").read_text().splitlines()
+    assert len(kept) == 3  # every answer received before the failure is on disk
+    endpoint.fail_after = None
+    n_before = len(endpoint.requests)
+    preds = predict_all(samples, tmp_path, p, tmp_path / "preds.jsonl", batch_size=1, show_progress=False)
+    assert len(preds) == 6 and len(endpoint.requests) - n_before == 3  # only the missing three were asked
+
+
+def test_cli_run_writes_report_and_compare_shows_deltas(tmp_path, endpoint):
+    make_benchmark(tmp_path)
+    # a sample whose media is missing is counted and skipped, not fatal
+    lines = (tmp_path / "bench.jsonl").read_text().splitlines()
+    extra = json.loads(lines[0]) | {"id": "gone", "media": [{"type": "image", "path": "nope.png", "width": W,
+                                                               "height": H}]}
+    (tmp_path / "bench.jsonl").write_text("\n".join(lines + [json.dumps(extra)]) + "\n")
+    runner = CliRunner()
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["run", "--data", str(tmp_path / "bench.jsonl"), "--out", str(out),
+                            "--endpoint", endpoint.url, "--endpoint-model", "peer-vl"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metrics"]["rec/test"]["acc@0.5"] == pytest.approx(0.5)
+    assert any("1 samples skipped: media file missing" in n for n in metrics["notes"])
+    report = (out / "report.md").read_text()
+    assert "| **endpoint:peer-vl** |" in report and "centre box / middle half" in report
+    assert (out / "iou_rec_test.png").stat().st_size > 1000
+    assert "examples/rec0.png" in (out / "examples.md").read_text()
+    assert (out / "examples" / "rec0.png").exists() and (out / "examples" / "aud0.png").exists()
+
+    better = json.loads((out / "metrics.json").read_text())
+    better["system"] = "B"
+    better["metrics"]["rec/test"]["acc@0.5"] = 0.75
+    (tmp_path / "b.json").write_text(json.dumps(better))
+    r = runner.invoke(app, ["compare", str(out / "metrics.json"), str(tmp_path / "b.json")])
+    assert r.exit_code == 0 and "+0.250" in r.output
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from omniground.eval.cli import EvalError
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)])
+    assert isinstance(r.exception, EvalError) and "no such benchmark file" in str(r.exception)
