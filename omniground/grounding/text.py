@@ -16,7 +16,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 from omniground.grounding.geometry import Box, Span, box_problem, span_problem
 
@@ -38,6 +38,16 @@ def format_span(span: Span | Sequence[float]) -> str:
     """`{0.16,0.36}`: our span text, fractions of the duration with two decimals."""
     se = (span.start, span.end) if isinstance(span, Span) else span
     return "{" + ",".join(f"{float(v):.{SPAN_DECIMALS}f}" for v in se) + "}"
+
+
+def replace_located(text: str, located: Iterable["Located"], write: Callable[["Located"], str]) -> str:
+    """`text` with each located notation replaced by `write(located)`: how converters and the processor
+    re-express locations (another frame, location tokens) without touching the words around them."""
+    out, pos = [], 0
+    for loc in sorted(located, key=lambda x: x.start):
+        out += [text[pos : loc.start], write(loc)]
+        pos = loc.end
+    return "".join(out) + text[pos:]
 
 
 def ground_phrase(phrase: str, items: Iterable[Box | Span]) -> str:

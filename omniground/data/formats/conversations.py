@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 from omniground.data.formats.base import AUDIO_EXTS, Context, FormatError, Skip, load_json
-from omniground.data.locations import locate, rewrite
 from omniground.data.schema import PLACEHOLDER, Media, Sample
-from omniground.grounding import Box, Located, format_box, format_span, parse
+from omniground.grounding import Box, Located, format_box, format_span, parse, replace_located
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 MEDIA_KEYS = (("image", "image"), ("video", "video"), ("sound", "audio"), ("audio", "audio"))
@@ -99,8 +98,9 @@ def _record(ctx: Context, kind: str, rec: dict, rid: str, padded: bool) -> Sampl
         if role is None:
             return Skip("turn with unknown speaker", rid)
         text = str(t.get("value", "")).replace("<sound>", PLACEHOLDER["audio"])
-        found, problems = locate(text, image_size=size, duration=timed.duration if timed else None,
-                                 box_frame="norm1", span_unit="fraction", padded_square=False)
+        parsed = parse(text, image_size=size, duration=timed.duration if timed else None,
+                       box_frame="norm1", span_unit="fraction")
+        found, problems = parsed.located, parsed.problems
         if problems and role == "assistant":  # the schema refuses them; a user's odd `[1, 2]` is kept as text
             return Skip(f"malformed location in answer: {problems[0].split(': ', 1)[-1]}", rid)
         if any(isinstance(f.item, Box) for f in found):
@@ -111,7 +111,7 @@ def _record(ctx: Context, kind: str, rec: dict, rid: str, padded: bool) -> Sampl
         if padded and size is not None:
             found = [Located(f.start, f.end, Box.from_padded_square(f.item.xyxy, *size)) if isinstance(f.item, Box)
                      else f for f in found]
-        text = rewrite(text, found, lambda f: format_box(f.item) if isinstance(f.item, Box) else format_span(f.item))
+        text = replace_located(text, found, lambda f: format_box(f.item) if isinstance(f.item, Box) else format_span(f.item))
         if role == "assistant":
             phrased = parse(text, image_size=size)
             labels_b += [{"phrase": b.phrase, "box": b.xyxy, "media": media.index(image)} for b in phrased.boxes]
