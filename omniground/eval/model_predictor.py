@@ -1,0 +1,32 @@
+"""An omniground checkpoint as a system under evaluation: each batch of samples is one `chat_batch` call.
+
+The model answers in the grounding language with boxes normalised to the original image
+(`OmniGround` maps them out of its padded square), so the runner reads them as `norm1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omniground.data.schema import Sample
+from omniground.eval.predictors import question_of
+
+
+class ModelPredictor:
+    """`omniground.load(path_or_name)` answering the first user turn of each sample, greedy, batched."""
+
+    box_frame = "norm1"
+
+    def __init__(self, path_or_name: str, max_new_tokens: int = 64, device: str | None = None, og=None):
+        import omniground
+
+        self.og = og if og is not None else omniground.load(path_or_name, device=device)
+        self.name = f"omniground:{Path(str(path_or_name)).name or path_or_name}"
+        self.max_new_tokens = max_new_tokens
+
+    def predict(self, samples: Sequence[Sample], root: Path) -> list[str]:
+        conversations = [[{"role": "user", "content": question_of(s)}] for s in samples]
+        media = [[s.media_path(i, root) for i in range(len(s.media))] for s in samples]
+        results = self.og.chat_batch(conversations, media, max_new_tokens=self.max_new_tokens)
+        return [r.text for r in results]

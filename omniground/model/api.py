@@ -1,0 +1,295 @@
+"""The Python API: `omniground.load(path).ground(media, "the dog")`, `.chat(messages)`, `.chat_batch(...)`.
+
+Generation uses Hugging Face `generate` (KV cache, greedy or sampling, stop strings, streamers);
+media are encoded once per request, in the prefill step. `chat_batch` answers several requests in
+one left-padded batch: the server's queue and the evaluator call it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omniground.errors import UserError
+from omniground.grounding import Box, Span, parse
+from omniground.model.modeling_omniground import OmniGroundForCausalLM
+from omniground.model.processing_omniground import LOC_GROUP_RE, OmniGroundProcessor, RequestMeta
+from omniground.model.tokenizer import BOX_TOKEN, SPAN_TOKEN
+
+DEFAULT_MODEL = "omniground-tiny"
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+class ModelNotFoundError(UserError):
+    """No model where the user pointed (one line, exit 2 at the CLI)."""
+
+
+@dataclass
+class ChatResult:
+    """One answer: text (boxes normalised to the original image), its boxes and spans with scores."""
+
+    text: str
+    boxes: list[Box] = field(default_factory=list)  # normalised to the original image
+    spans: list[Span] = field(default_factory=list)  # fractions of the duration
+    boxes_pixels: list[tuple[float, float, float, float]] = field(default_factory=list)
+    spans_seconds: list[tuple[float, float]] = field(default_factory=list)
+    model_text: str = ""  # as generated (model frame, location tokens rendered), for debugging
+    problems: list[str] = field(default_factory=list)
+    num_tokens: int = 0  # generated tokens, end-of-turn excluded
+    finish_reason: str = "stop"  # "stop" (end of turn or a stop string) | "length" (max_new_tokens)
+
+
+def _media_kind(item: Any) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        from omniground.media import media_type
+
+        return media_type(item)
+    if hasattr(item, "frames") and hasattr(item, "timestamps"):
+        return "video"
+    if hasattr(item, "samples") and hasattr(item, "sample_rate"):
+        return "audio"
+    return "image"  # PIL image, array or encoded bytes
+
+
+class _CallbackStreamer:
+    """A `generate` streamer that passes each new piece of answer text to `on_text` as it is made."""
+
+    def __init__(self, api: OmniGround, on_text: Callable[[str], None]):
+        self.api, self.on_text, self.ids, self.shown, self.prompt_done = api, on_text, [], "", False
+        self.meta: RequestMeta | None = None  # set by chat_batch: boxes are shown in the image's frame
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_done:  # the first call carries the prompt
+            self.prompt_done = True
+            return
+        self.ids += value.reshape(-1).tolist()
+        self._emit(final=False)
+
+    def end(self) -> None:
+        self._emit(final=True)
+
+    def _emit(self, final: bool) -> None:
+        text = self.api.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not final:
+            text = text[: _stable_prefix(text)]
+            if text.endswith("\ufffd"):  # half a multi-byte character
+                return
+        processor = self.api.processor
+        text = processor.post_process_grounding(processor.render_location_tokens(text), self.meta).text
+        if len(text) > len(self.shown) and text.startswith(self.shown):
+            self.on_text(text[len(self.shown) :])
+            self.shown = text
+
+
+class OmniGround:
+    """A model and its processor, ready to answer."""
+
+    def __init__(self, model: OmniGroundForCausalLM, processor: OmniGroundProcessor):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | None = None, dtype=None, **kwargs) -> OmniGround:
+        model = OmniGroundForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        if device is not None:
+            model.to(device)
+        model.eval()
+        return cls(model, OmniGroundProcessor.from_pretrained(path, config=model.config))
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Model (safetensors), config, generation config and tokenizer in one directory."""
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ---- generation ----
+    @torch.no_grad()
+    def chat_batch(
+        self,
+        conversations: list[list[dict]],
+        media: list[list | None] | None = None,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        stop: list[str] | None = None,
+        streamer=None,
+        **generate_kwargs,
+    ) -> list[ChatResult]:
+        """Answer several conversations in one left-padded batch; one ChatResult each, in order.
+
+        temperature 0 = greedy, > 0 = sampling; `stop` strings end an answer (and are cut from it);
+        `streamer` is any HF streamer (batch of one only).
+        """
+        inputs, metas = self.processor.prepare(conversations, media, add_generation_prompt=True)
+        inputs = inputs.to(self.device)
+        if isinstance(streamer, _CallbackStreamer):
+            streamer.meta = metas[0]
+        kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, **generate_kwargs)
+        if temperature > 0:
+            kw.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        if stop:
+            kw.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        out = self.model.generate(**inputs, return_dict_in_generate=True, output_logits=True, streamer=streamer, **kw)
+        new = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, T)
+        logits = torch.stack(out.logits, dim=1).float()  # (B, T, V)
+        probs = logits.softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, T) prob of each chosen token
+        return [self._result(new[i], probs[i], metas[i], stop or [], max_new_tokens) for i in range(new.shape[0])]
+
+    generate = chat_batch  # the name HF users reach for
+
+    def chat(
+        self,
+        messages: list[dict],
+        media: list | None = None,
+        *,
+        stream: Callable[[str], None] | None = None,
+        **kwargs,
+    ) -> ChatResult:
+        """One conversation -> its answer. `stream(piece)` is called with the text as it is generated
+        (boxes appear whole, already as `[..]`). Other options as `chat_batch`."""
+        streamer = _CallbackStreamer(self, stream) if stream is not None else kwargs.pop("streamer", None)
+        return self.chat_batch([messages], [media], streamer=streamer, **kwargs)[0]
+
+    def ground(self, media: Any, phrase: str, modality: str | None = None, **kwargs) -> list[Box | Span]:
+        """Boxes (image) or time spans (video/audio) for `phrase`, each with a score (mean token probability)."""
+        modality = modality or _media_kind(media)
+        prompt = self.processor.grounding_prompt(modality, phrase)
+        result = self.chat([{"role": "user", "content": prompt}], [media], **kwargs)
+        items = result.boxes if modality == "image" else result.spans
+        return [i if i.phrase else i.with_phrase(phrase) for i in items]
+
+    def stream_chat(self, messages: list[dict], media: list | None = None, **kwargs) -> Iterator[str]:
+        """Yield the answer's text as it is generated (generation runs in a worker thread)."""
+        import queue
+
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+        error: list[BaseException] = []
+
+        def work():
+            try:
+                self.chat(messages, media, stream=pieces.put, **kwargs)
+            except BaseException as e:  # re-raised in the caller's thread
+                error.append(e)
+            finally:
+                pieces.put(done)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (piece := pieces.get()) is not done:
+            yield piece
+        if error:
+            raise error[0]
+
+    def _result(self, ids: torch.Tensor, probs: torch.Tensor, meta: RequestMeta, stop: list[str],
+                max_new_tokens: int) -> ChatResult:
+        end = {self.model.generation_config.pad_token_id, *_as_list(self.model.generation_config.eos_token_id)}
+        ids_list = ids.tolist()
+        n = next((j for j, t in enumerate(ids_list) if t in end), len(ids_list))
+        finish = "length" if n == len(ids_list) and n >= max_new_tokens else "stop"
+        ids_list, probs_list = ids_list[:n], probs[:n].tolist()
+        model_text = self.processor.decode(ids_list)
+        for s in stop:  # the stop string ends the answer and is not part of it (OpenAI semantics)
+            if s in model_text:
+                model_text, finish = model_text[: model_text.index(s)].rstrip(), "stop"
+        g = self.processor.post_process_grounding(model_text, meta)
+        box_scores, span_scores = self._item_scores(ids_list, probs_list)
+        boxes = [b if b.score is not None else _with_score(b, box_scores, i) for i, b in enumerate(g.boxes)]
+        spans = [s if s.score is not None else _with_score(s, span_scores, i) for i, s in enumerate(g.spans)]
+        return ChatResult(g.text, boxes, spans, g.boxes_pixels, g.spans_seconds, model_text, g.problems, n, finish)
+
+    def _item_scores(self, ids: list[int], probs: list[float]) -> tuple[list[float], list[float]]:
+        """Mean probability of the tokens that wrote each box / span, in text order."""
+        tok = self.tokenizer
+        ends = [len(tok.decode(ids[: j + 1], skip_special_tokens=True)) for j in range(len(ids))]
+        starts = [0] + ends[:-1]
+        raw = tok.decode(ids, skip_special_tokens=True)
+        spans_of_text: list[tuple[str, int, int]] = []  # (kind, start, end) in `raw`
+        if self.model.config.num_location_bins:
+            for m in LOC_GROUP_RE.finditer(raw):
+                spans_of_text.append(("box" if m.group(1) == BOX_TOKEN else "span", m.start(), m.end()))
+        else:
+            for loc in parse(raw, box_frame="norm1").located:
+                spans_of_text.append(("box" if isinstance(loc.item, Box) else "span", loc.start, loc.end))
+        box_scores, span_scores = [], []
+        for kind, a, b in spans_of_text:
+            covered = [p for p, s, e in zip(probs, starts, ends) if s < b and e > a]
+            if covered:
+                (box_scores if kind == "box" else span_scores).append(sum(covered) / len(covered))
+        return box_scores, span_scores
+
+
+def _stable_prefix(text: str) -> int:
+    """Length of `text` that holds no unfinished box/span: a `<|box|>`/`<|span|>` location group short of
+    its tokens, or an unclosed `[` / `{` of digits (these are shown once whole, in the image's frame)."""
+    cut = len(text)
+    last = max(text.rfind(BOX_TOKEN), text.rfind(SPAN_TOKEN))
+    if last >= 0 and text.count("<loc_", last) < (4 if text.startswith(BOX_TOKEN, last) else 2):
+        cut = last
+    for opener, closer in (("[", "]"), ("{", "}")):
+        at = text.rfind(opener, 0, cut)
+        if at >= 0 and closer not in text[at:cut]:
+            cut = at
+    return cut
+
+
+def _as_list(x) -> list:
+    return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def _with_score(item, scores: list[float], i: int):
+    return replace(item, score=scores[i]) if i < len(scores) else item
+
+
+def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, device: str | None = None, dtype=None) -> OmniGround:
+    """The shipped default by name, a local checkpoint directory, or a Hugging Face hub id (cache first).
+
+    Raises ModelNotFoundError (a one-line UserError) when there is no model there.
+    """
+    name = str(path_or_name)
+    shipped = CHECKPOINT_DIR / name
+    if os.sep not in name and "/" not in name and shipped.is_dir():
+        return _load_dir(shipped, device, dtype)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return _load_dir(local, device, dtype)
+    if name == DEFAULT_MODEL:
+        raise ModelNotFoundError(
+            f"the default model is not installed ({shipped} is missing): train it, or pass a checkpoint directory"
+        )
+    if local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelNotFoundError(f"no model directory at {local}")
+    try:  # a hub id: the local cache first, the network only if the cache lacks it
+        return OmniGround.from_pretrained(name, device, dtype, local_files_only=True)
+    except OSError:
+        pass
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ModelNotFoundError(f"{name!r} is not a local directory nor in the Hugging Face cache (offline mode)")
+    try:
+        return OmniGround.from_pretrained(name, device, dtype)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelNotFoundError(f"could not load {name!r} from the Hugging Face hub: {first}") from None
+
+
+def _load_dir(path: Path, device, dtype) -> OmniGround:
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path} is not an omniground checkpoint (no config.json)")
+    try:
+        return OmniGround.from_pretrained(path, device, dtype)
+    except OSError as e:  # weights or tokenizer files missing
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelNotFoundError(f"{path}: incomplete checkpoint: {first}") from None

@@ -1,0 +1,721 @@
+"""OmniGround: media encoders -> adapters -> any causal LM, as one Hugging Face model.
+
+Read top to bottom: configs, encoders, time embedding + resampler (the adapters of the temporal
+branches), the multimodal merge, the model. The processor (`processing_omniground.py`) owns all
+preprocessing; this file owns none.
+
+How media reach the LM (the modern HF way, cf. modeling_llava.py): the processor expands each
+`<image>` / `<video>` / `<audio>` placeholder into K copies of that modality's pad token (K = the
+number of adapter output tokens), the model embeds the text and writes the adapter outputs over
+those positions with `masked_scatter`. Batching and padding need no special care, and the encoders
+run only in the prefill step of generation (`prepare_inputs_for_generation` drops media once the
+KV cache holds the prompt) -- the original re-ran its video/audio encoders for every token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# Every model input that carries media; dropped after the prefill step of cached generation.
+MEDIA_INPUT_NAMES = (
+    "pixel_values",
+    "video_pixel_values",
+    "video_frame_mask",
+    "video_timestamps",
+    "video_durations",
+    "audio_features",
+    "audio_window_mask",
+    "audio_starts",
+    "audio_durations",
+)
+
+
+# =================================================================================================
+# Configs
+# =================================================================================================
+
+
+class OmniGroundViTConfig(PreTrainedConfig):
+    """A small ViT trained from scratch: the image/frame encoder of the embedded default model."""
+
+    model_type = "omniground_vit"
+    image_size: int = 64
+    patch_size: int = 8
+    num_channels: int = 3
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+
+
+class OmniGroundAudioEncoderConfig(PreTrainedConfig):
+    """A small log-mel conv + transformer audio encoder trained from scratch (Whisper-shaped, no weights)."""
+
+    model_type = "omniground_audio_encoder"
+    num_mel_bins: int = 64
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    max_source_positions: int = 1500  # frames after the stride-2 conv
+
+
+class OmniGroundConfig(PreTrainedConfig):
+    r"""Everything that defines an OmniGround model and its preprocessing.
+
+    Sub-configs: `text_config` (any `AutoModelForCausalLM` config: llama, qwen2, ...), `vision_config`
+    (`clip_vision_model`, `siglip_vision_model` or `omniground_vit`) and `audio_config` (`whisper` or
+    `omniground_audio_encoder`). The video branch reuses the vision encoder for its frames.
+
+    Token ids (`image_token_id` ...) are filled in by `add_omniground_tokens` when the tokenizer is
+    extended; `num_location_bins > 0` switches the processor to `<loc_k>` location tokens (0 = boxes and
+    spans written as plain digits like the original).
+    """
+
+    model_type = "omniground"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="omniground_vit"),
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="omniground_audio_encoder"),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    audio_config: dict | PreTrainedConfig | None = None
+
+    # image branch
+    aspect_mode: str = "pad"  # "pad": pad to a centred square (boxes in that frame) | "resize": stretch
+    image_mean: list | None = None  # defaults to CLIP's
+    image_std: list | None = None
+    vision_feature_layer: int = -2  # HF towers: penultimate layer, as LLaVA / the original
+    image_pool: int = 1  # average-pool stride over the patch grid before the MLP adapter
+    # video branch
+    num_video_frames: int = 8
+    video_frame_pool: int = 2  # pool stride over each frame's patch grid before the resampler
+    video_num_queries: int = 32
+    # audio branch
+    audio_sample_rate: int = 16000
+    audio_window_seconds: float = 2.0
+    max_audio_windows: int = 32  # longer clips: windows spread over the whole clip (hop > window)
+    audio_tokens_per_window: int = 4
+    audio_num_queries: int = 16
+    # resamplers (video and audio)
+    resampler_hidden_size: int = 256
+    resampler_num_layers: int = 2
+    resampler_num_heads: int = 4
+    # tokens (set by add_omniground_tokens)
+    image_token_id: int = -1
+    video_token_id: int = -1
+    audio_token_id: int = -1
+    box_token_id: int = -1
+    span_token_id: int = -1
+    loc_token_start_id: int = -1
+    num_location_bins: int = 0
+    new_token_start_id: int = -1  # first id added by omniground: these rows of the embeddings always train
+    # training
+    train_encoders: bool = False  # True only for the from-scratch encoders of the tiny default
+    grounding_prompts: dict | None = None  # modality -> prompt with "{phrase}"; None = processor defaults
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.image_mean is None:
+            self.image_mean = list(CLIP_MEAN)
+        if self.image_std is None:
+            self.image_std = list(CLIP_STD)
+        if self.text_config.tie_word_embeddings:
+            self.tie_word_embeddings = True
+
+    # ---- derived sizes, shared by the model and the processor ----
+    @property
+    def image_size(self) -> int:
+        return int(self.vision_config.image_size)
+
+    @property
+    def patch_grid(self) -> int:
+        return self.image_size // int(self.vision_config.patch_size)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.patch_grid // self.image_pool) ** 2
+
+    @property
+    def num_frame_tokens(self) -> int:
+        return (self.patch_grid // self.video_frame_pool) ** 2
+
+    @property
+    def num_mel_bins(self) -> int:
+        return int(self.audio_config.num_mel_bins)
+
+    @property
+    def audio_frames_per_window(self) -> int:
+        return int(round(self.audio_window_seconds * 100))  # 10 ms hop
+
+    def media_token_counts(self) -> dict[str, int]:
+        return {"image": self.num_image_tokens, "video": self.video_num_queries, "audio": self.audio_num_queries}
+
+
+AutoConfig.register("omniground_vit", OmniGroundViTConfig, exist_ok=True)
+AutoConfig.register("omniground_audio_encoder", OmniGroundAudioEncoderConfig, exist_ok=True)
+AutoConfig.register("omniground", OmniGroundConfig, exist_ok=True)
+
+
+# =================================================================================================
+# Encoders
+# =================================================================================================
+
+
+def sinusoids(length: int, dim: int) -> torch.Tensor:
+    """Fixed sinusoidal positions (length, dim), as in Whisper."""
+    inv = torch.exp(-math.log(10000) * torch.arange(dim // 2) / max(1, dim // 2 - 1))
+    t = torch.arange(length)[:, None] * inv[None, :]
+    return torch.cat([t.sin(), t.cos()], dim=1)
+
+
+def _transformer(dim: int, heads: int, ffn: int, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        dim, heads, ffn, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class SmallViT(nn.Module):
+    """Patchify -> learned positions -> pre-norm transformer. No CLS token: patch tokens only."""
+
+    def __init__(self, config: OmniGroundViTConfig):
+        super().__init__()
+        grid = config.image_size // config.patch_size
+        self.patch_embed = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, config.patch_size)
+        self.position_embedding = nn.Parameter(torch.randn(grid * grid, config.hidden_size) * 0.02)
+        self.encoder = _transformer(
+            config.hidden_size, config.num_attention_heads, config.intermediate_size, config.num_hidden_layers
+        )
+        self.norm = nn.LayerNorm(config.hidden_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixel_values)  # (B, D, g, g)
+        x = x.flatten(2).transpose(1, 2) + self.position_embedding  # (B, g*g, D)
+        return self.norm(self.encoder(x))  # (B, P, D)
+
+
+class SmallAudioEncoder(nn.Module):
+    """Log-mel (B, n_mels, T) -> two convs (stride 2, as Whisper) -> sinusoidal positions -> transformer."""
+
+    def __init__(self, config: OmniGroundAudioEncoderConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.conv1 = nn.Conv1d(config.num_mel_bins, d, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1)
+        self.max_source_positions = config.max_source_positions
+        self.register_buffer("positions", self.fixed_buffers()["positions"], persistent=False)
+        self.encoder = _transformer(d, config.num_attention_heads, config.intermediate_size, config.num_hidden_layers)
+        self.norm = nn.LayerNorm(d)
+
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers computed, not saved: `from_pretrained` builds on the meta device and must refill them."""
+        return {"positions": sinusoids(self.max_source_positions, self.conv1.out_channels)}
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv2(F.gelu(self.conv1(input_features))))  # (B, D, T/2)
+        x = x.transpose(1, 2)  # (B, T/2, D)
+        if x.shape[1] > self.positions.shape[0]:
+            raise ValueError(f"audio window of {x.shape[1]} frames exceeds max_source_positions {len(self.positions)}")
+        return self.norm(self.encoder(x + self.positions[: x.shape[1]].to(x.dtype)))  # (B, T/2, D)
+
+
+class VisionTower(nn.Module):
+    """Image/frame encoder chosen by config -> patch tokens (B, P, Dv).
+
+    `num_calls` / `num_items` count forward calls and images encoded: generation must encode each
+    request's media once, and tests read these counters to prove it.
+    """
+
+    def __init__(self, config: OmniGroundConfig, encoder: nn.Module | None = None):
+        super().__init__()
+        vc = config.vision_config
+        self.model_type = vc.model_type
+        self.feature_layer = config.vision_feature_layer
+        if encoder is None:
+            encoder = SmallViT(vc) if vc.model_type == "omniground_vit" else AutoModel.from_config(vc)
+        self.encoder = encoder
+        self.hidden_size = int(vc.hidden_size)
+        self.num_calls = 0
+        self.num_items = 0
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        self.num_calls += 1
+        self.num_items += pixel_values.shape[0]
+        if isinstance(self.encoder, SmallViT):
+            return self.encoder(pixel_values)
+        out = self.encoder(pixel_values=pixel_values, output_hidden_states=True)
+        tokens = out.hidden_states[self.feature_layer]  # (B, 1+P, Dv) for CLIP, (B, P, Dv) for SigLIP
+        return tokens[:, 1:] if self.model_type == "clip_vision_model" else tokens
+
+
+class AudioEncoder(nn.Module):
+    """Per-window audio encoder chosen by config -> `tokens_per_window` tokens per window (B, k, Da)."""
+
+    def __init__(self, config: OmniGroundConfig, encoder: nn.Module | None = None):
+        super().__init__()
+        ac = config.audio_config
+        if ac.model_type == "whisper":
+            from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+            if config.audio_frames_per_window != 2 * ac.max_source_positions:
+                raise ValueError(
+                    f"Whisper encoder needs windows of {2 * ac.max_source_positions / 100:g} s "
+                    f"(audio_window_seconds is {config.audio_window_seconds:g})"
+                )
+            self.encoder = encoder if encoder is not None else WhisperEncoder(ac)
+            self.hidden_size = int(ac.d_model)
+        else:
+            self.encoder = encoder if encoder is not None else SmallAudioEncoder(ac)
+            self.hidden_size = int(ac.hidden_size)
+        self.tokens_per_window = config.audio_tokens_per_window
+        self.num_calls = 0
+        self.num_items = 0
+
+    def forward(self, input_features: torch.Tensor) -> torch.Tensor:
+        self.num_calls += 1
+        self.num_items += input_features.shape[0]
+        if isinstance(self.encoder, SmallAudioEncoder):
+            hidden = self.encoder(input_features)  # (B, T', Da)
+        else:
+            hidden = self.encoder(input_features=input_features).last_hidden_state  # (B, T', Da)
+        pooled = F.adaptive_avg_pool1d(hidden.transpose(1, 2), self.tokens_per_window)  # (B, Da, k)
+        return pooled.transpose(1, 2)  # (B, k, Da)
+
+
+def pool_patch_grid(tokens: torch.Tensor, stride: int) -> torch.Tensor:
+    """Average-pool square patch-grid tokens (B, g*g, D) -> (B, (g/stride)^2, D)."""
+    if stride <= 1:
+        return tokens
+    b, p, d = tokens.shape
+    g = math.isqrt(p)
+    grid = tokens.transpose(1, 2).reshape(b, d, g, g)
+    return F.avg_pool2d(grid, stride).flatten(2).transpose(1, 2)
+
+
+# =================================================================================================
+# Adapters: image MLP; time embedding + learned-query resampler for video and audio
+# =================================================================================================
+
+
+class ImageProjector(nn.Module):
+    """2-layer MLP (Dv -> H -> H), the LLaVA-1.5 / original adapter."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, out_dim)
+        self.linear_2 = nn.Linear(out_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.gelu(self.linear_1(x)))
+
+
+class TimestampEmbedding(nn.Module):
+    """The real time of a frame/window -> a vector added to its tokens.
+
+    Features are sinusoids of the absolute time in seconds (periods 0.5 s .. ~1 h, so the model can
+    tell 3 s from 4 s in any clip) and of the relative position t/duration (what `{t1,t2}` answers
+    are written in), mapped through a small MLP. The original used a learned embedding of the frame
+    index, which knows neither the clip's length nor where frames really are.
+    """
+
+    def __init__(self, dim: int, num_frequencies: int = 16):
+        super().__init__()
+        self.num_frequencies = num_frequencies
+        for name, value in self.fixed_buffers().items():
+            self.register_buffer(name, value, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(4 * num_frequencies, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        """Buffers computed, not saved: `from_pretrained` builds on the meta device and must refill them."""
+        periods = torch.logspace(math.log10(0.5), math.log10(4096.0), self.num_frequencies)
+        rel = math.pi * 2.0 ** torch.arange(self.num_frequencies).float() / 2
+        return {"abs_freqs": 2 * math.pi / periods, "rel_freqs": rel}
+
+    def forward(self, seconds: torch.Tensor, duration: torch.Tensor) -> torch.Tensor:
+        # seconds (N, S), duration (N,) -> (N, S, dim)
+        seconds = seconds.float()
+        rel = seconds / duration.float().clamp_min(1e-3)[:, None]
+        a = seconds[..., None] * self.abs_freqs  # (N, S, nf)
+        r = rel[..., None] * self.rel_freqs
+        feats = torch.cat([a.sin(), a.cos(), r.sin(), r.cos()], dim=-1)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))
+
+
+class ResamplerLayer(nn.Module):
+    """Queries cross-attend to the media tokens, then self-attend, then an MLP (pre-norm)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_self = nn.LayerNorm(dim)
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_ignore: torch.Tensor) -> torch.Tensor:
+        kv = self.norm_kv(kv)
+        h = self.norm_q(q)
+        q = q + self.cross_attn(h, kv, kv, key_padding_mask=kv_ignore, need_weights=False)[0]
+        h = self.norm_self(q)
+        q = q + self.self_attn(h, h, h, need_weights=False)[0]
+        return q + self.mlp(self.norm_mlp(q))
+
+
+class MediaResampler(nn.Module):
+    """Q-Former-like adapter: N learned queries read a variable number of timed steps -> N LM tokens.
+
+    Input: tokens (N, S, T, Din) -- S time steps (frames or audio windows) of T tokens each, a step mask
+    (N, S) for items with fewer steps, and each step's time in seconds (N, S) plus the item duration (N,).
+    Output: (N, num_queries, out_dim). The LM sees a fixed number of tokens whatever the clip length.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_queries: int, num_layers: int, num_heads: int):
+        super().__init__()
+        self.input_proj = nn.Linear(in_dim, hidden)
+        self.time_embedding = TimestampEmbedding(hidden)
+        self.queries = nn.Parameter(torch.randn(num_queries, hidden) * 0.02)
+        self.layers = nn.ModuleList(ResamplerLayer(hidden, num_heads) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(hidden)
+        self.output_proj = nn.Linear(hidden, out_dim)
+
+    def forward(self, tokens, step_mask, seconds, duration) -> torch.Tensor:
+        n, s, t, _ = tokens.shape
+        x = self.input_proj(tokens) + self.time_embedding(seconds, duration)[:, :, None, :]  # (N, S, T, D)
+        x = x.reshape(n, s * t, -1)  # (N, S*T, D)
+        ignore = ~step_mask.bool().repeat_interleave(t, dim=1)  # (N, S*T), True = padding
+        q = self.queries.unsqueeze(0).expand(n, -1, -1)  # (N, Q, D)
+        for layer in self.layers:
+            q = layer(q, x, ignore)
+        return self.output_proj(self.norm(q))  # (N, Q, out_dim)
+
+
+# =================================================================================================
+# Merge
+# =================================================================================================
+
+
+def merge_media_embeddings(
+    input_ids: torch.Tensor, inputs_embeds: torch.Tensor, media: dict[int, torch.Tensor]
+) -> torch.Tensor:
+    """Write each modality's adapter outputs over its placeholder tokens, in reading order.
+
+    input_ids (B, L); inputs_embeds (B, L, H); media: pad-token id -> features (n_items, K, H) listed
+    batch-major, then in text order (what the processor produces).
+    """
+    for token_id, feats in media.items():
+        mask = input_ids == token_id  # (B, L)
+        n_slots, n_feats = int(mask.sum()), feats.shape[0] * feats.shape[1]
+        if n_slots != n_feats:
+            raise ValueError(f"prompt has {n_slots} placeholder tokens (id {token_id}) but media give {n_feats}")
+        inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats.to(inputs_embeds.dtype))
+    return inputs_embeds
+
+
+# =================================================================================================
+# Model
+# =================================================================================================
+
+
+class OmniGroundPreTrainedModel(PreTrainedModel):
+    config_class = OmniGroundConfig
+    config: OmniGroundConfig
+    input_modalities = ("image", "video", "audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _skip_keys_device_placement = ["past_key_values"]
+    # device_map="auto" keeps each of these whole; the sub-models' own (decoder layers ...) are added by HF.
+    _no_split_modules = ["SmallViT", "SmallAudioEncoder", "ImageProjector", "MediaResampler"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MediaResampler):
+            init.normal_(module.queries, std=0.02)
+        elif isinstance(module, SmallViT):
+            init.normal_(module.position_embedding, std=0.02)
+        if isinstance(module, (TimestampEmbedding, SmallAudioEncoder)):
+            for name, value in module.fixed_buffers().items():
+                init.copy_(getattr(module, name), value)
+
+
+class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
+    """Encoders (frozen by default) -> adapters -> soft tokens in a causal LM's input embeddings."""
+
+    def __init__(
+        self,
+        config: OmniGroundConfig,
+        language_model: nn.Module | None = None,
+        vision_encoder: nn.Module | None = None,
+        audio_encoder: nn.Module | None = None,
+    ):
+        """Sub-models are built from their configs, or passed in already loaded (see `from_backbones`)."""
+        super().__init__(config)
+        self.language_model = language_model or AutoModelForCausalLM.from_config(config.text_config)
+        config.text_config = self.language_model.config  # one object: resizing the vocab updates both
+        hidden = config.text_config.hidden_size
+
+        self.vision_tower = VisionTower(config, vision_encoder)
+        self.image_projector = ImageProjector(self.vision_tower.hidden_size, hidden)
+        r = (config.resampler_hidden_size, hidden)
+        self.video_resampler = MediaResampler(
+            self.vision_tower.hidden_size, *r, config.video_num_queries, config.resampler_num_layers,
+            config.resampler_num_heads,
+        )
+        self.audio_encoder = AudioEncoder(config, audio_encoder)
+        self.audio_resampler = MediaResampler(
+            self.audio_encoder.hidden_size, *r, config.audio_num_queries, config.resampler_num_layers,
+            config.resampler_num_heads,
+        )
+        self._new_token_hooks: list = []
+        self.post_init()
+        # Sub-models passed in already built keep the attention implementation the config asks for
+        # (building OmniGroundConfig around their configs resets it to None: no causal mask at all).
+        for sub in (self.language_model, self.vision_tower.encoder, self.audio_encoder.encoder):
+            if isinstance(sub, PreTrainedModel) and sub.config._attn_implementation is None:
+                sub.set_attn_implementation(self.config._attn_implementation)
+
+    # ---- embeddings (delegated to the LM) ----
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value):
+        self.language_model.set_output_embeddings(value)
+
+    # ---- media -> LM-space tokens ----
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(Ni, 3, S, S) -> (Ni, K_image, H)."""
+        patches = self.vision_tower(pixel_values.to(self.vision_dtype))  # (Ni, P, Dv)
+        return self.image_projector(pool_patch_grid(patches, self.config.image_pool))
+
+    def encode_videos(self, frames, frame_mask, timestamps, durations) -> torch.Tensor:
+        """frames (Nv, F, 3, S, S), frame_mask (Nv, F), timestamps (Nv, F) s, durations (Nv,) -> (Nv, Q_video, H)."""
+        frame_mask = frame_mask.bool()
+        tokens = self.vision_tower(frames[frame_mask].to(self.vision_dtype))  # (n_frames, P, Dv): real frames only
+        tokens = pool_patch_grid(tokens, self.config.video_frame_pool)  # (n_frames, Pf, Dv)
+        steps = tokens.new_zeros(*frame_mask.shape, *tokens.shape[1:])  # (Nv, F, Pf, Dv)
+        steps[frame_mask] = tokens
+        return self.video_resampler(steps, frame_mask, timestamps, durations)
+
+    def encode_audios(self, features, window_mask, starts, durations) -> torch.Tensor:
+        """features (Na, W, n_mels, T), window_mask (Na, W), starts (Na, W) s, durations (Na,) -> (Na, Q_audio, H)."""
+        window_mask = window_mask.bool()
+        tokens = self.audio_encoder(features[window_mask].to(self.audio_dtype))  # (n_windows, k, Da)
+        steps = tokens.new_zeros(*window_mask.shape, *tokens.shape[1:])  # (Na, W, k, Da)
+        steps[window_mask] = tokens
+        return self.audio_resampler(steps, window_mask, starts, durations)
+
+    @property
+    def vision_dtype(self) -> torch.dtype:
+        return next(self.vision_tower.parameters()).dtype
+
+    @property
+    def audio_dtype(self) -> torch.dtype:
+        return next(self.audio_encoder.parameters()).dtype
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        video_pixel_values: torch.Tensor | None = None,
+        video_frame_mask: torch.Tensor | None = None,
+        video_timestamps: torch.Tensor | None = None,
+        video_durations: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        audio_window_mask: torch.Tensor | None = None,
+        audio_starts: torch.Tensor | None = None,
+        audio_durations: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Text ids (B, L) with media placeholders + the processor's media tensors -> LM output.
+
+        labels (B, L) use -100 on everything but assistant turns; the LM shifts them for next-token loss.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, H)
+            media: dict[int, torch.Tensor] = {}
+            if pixel_values is not None:
+                media[self.config.image_token_id] = self.encode_images(pixel_values)
+            if video_pixel_values is not None:
+                media[self.config.video_token_id] = self.encode_videos(
+                    video_pixel_values, video_frame_mask, video_timestamps, video_durations
+                )
+            if audio_features is not None:
+                media[self.config.audio_token_id] = self.encode_audios(
+                    audio_features, audio_window_mask, audio_starts, audio_durations
+                )
+            prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+            if prefill:
+                for name, tid in (("image", self.config.image_token_id), ("video", self.config.video_token_id),
+                                  ("audio", self.config.audio_token_id)):
+                    if tid not in media and bool((input_ids == tid).any()):
+                        raise ValueError(f"prompt has {name} placeholders but no {name} inputs were given")
+            inputs_embeds = merge_media_embeddings(input_ids, inputs_embeds, media)
+
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2 and (
+            past_key_values is None or past_key_values.get_seq_length() == 0
+        ):
+            # left padding: positions count real tokens only (generate makes these itself when decoding)
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        """Media only in the prefill step: afterwards the KV cache already holds them."""
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for name in MEDIA_INPUT_NAMES:
+                inputs.pop(name, None)
+        return inputs
+
+    # ---- what trains when: the one place that says it ----
+    def adapter_modules(self) -> list[nn.Module]:
+        return [self.image_projector, self.video_resampler, self.audio_resampler]
+
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.vision_tower, self.audio_encoder]
+
+    def set_stage(self, stage: int, lora=None) -> None:
+        """Freeze/unfreeze for a training stage.
+
+        stage 1 (alignment): adapters (MLP, resamplers, their time embeddings) + the rows of the
+        embeddings/LM head that omniground added (media, box/span, location tokens).
+        stages 2-3: the same + the LM, fully, or through LoRA when `lora` (a peft `LoraConfig`) is given.
+        Encoders train only when `config.train_encoders` (the tiny default has no pretrained encoder).
+        Frozen embedding rows get zero gradient, not zero update: train with `parameter_groups`, which
+        keeps weight decay off the embeddings.
+        """
+        if stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
+        if lora is not None and stage == 1:
+            raise ValueError("stage 1 trains the adapters only: LoRA on the LM starts at stage 2")
+        self.requires_grad_(False)
+        for h in self._new_token_hooks:
+            h.remove()
+        self._new_token_hooks = []
+        for m in self.adapter_modules():
+            m.requires_grad_(True)
+        if self.config.train_encoders:
+            for m in self.encoder_modules():
+                m.requires_grad_(True)
+        if stage >= 2 and lora is None:
+            self.language_model.requires_grad_(True)
+            return
+        if lora is not None:
+            from peft import inject_adapter_in_model
+
+            if not any("lora_" in n for n, _ in self.language_model.named_parameters()):
+                inject_adapter_in_model(lora, self.language_model)
+            for n, p in self.language_model.named_parameters():
+                p.requires_grad_("lora_" in n)
+        self._train_new_token_rows()
+
+    def parameter_groups(self, weight_decay: float = 0.0) -> list[dict]:
+        """Trainable parameters as optimizer groups: weight matrices decay; biases, norms and embeddings do not.
+
+        Embedding rows frozen by `set_stage` (hooked to zero gradient) must not decay either, or AdamW
+        would shrink the pretrained vocabulary while "frozen".
+        """
+        embeddings = {id(m.weight) for m in (self.get_input_embeddings(), self.get_output_embeddings()) if m}
+        decay, no_decay, seen = [], [], set()
+        for _, p in self.named_parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if p.ndim < 2 or id(p) in embeddings else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def _train_new_token_rows(self) -> None:
+        """Let only omniground's added rows of the (frozen) embeddings and LM head learn."""
+        start = self.config.new_token_start_id
+        if start < 0:
+            return
+        weights = {id(m.weight): m.weight for m in (self.get_input_embeddings(), self.get_output_embeddings()) if m}
+        for w in weights.values():
+            w.requires_grad_(True)
+
+            def keep_new_rows(grad, start=start):
+                grad = grad.clone()
+                grad[:start] = 0
+                return grad
+
+            self._new_token_hooks.append(w.register_hook(keep_new_rows))
+
+    def merge_lora(self) -> None:
+        """Fold LoRA weights into the LM so the model saves and loads as a plain checkpoint."""
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in list(self.language_model.named_modules()):
+            if isinstance(module, LoraLayer):
+                module.merge()
+                parent_name, _, child = name.rpartition(".")
+                parent = self.language_model.get_submodule(parent_name) if parent_name else self.language_model
+                setattr(parent, child, module.get_base_layer())
+
+    @torch.no_grad()
+    def init_location_embeddings(self) -> None:
+        """Give `<loc_k>` rows an embedding of the position k stands for (sinusoids of k/(n-1)).
+
+        Neighbouring bins then start close and far bins apart, so the LM need not discover the order
+        of 32+ unrelated new tokens from scratch (plain digits did not learn on CPU: feasibility.md).
+        """
+        n, start = self.config.num_location_bins, self.config.loc_token_start_id
+        if n <= 0 or start < 0:
+            return
+        for emb in {id(m.weight): m.weight for m in (self.get_input_embeddings(), self.get_output_embeddings())
+                    if m is not None}.values():
+            dim = emb.shape[1]
+            pos = torch.linspace(0, 1, n)[:, None] * (n - 1)  # (n, 1) bin index
+            freqs = torch.exp(-math.log(4 * n) * torch.arange(dim // 2) / max(1, dim // 2 - 1))  # (dim/2,)
+            table = torch.zeros(n, dim)
+            table[:, 0 : 2 * (dim // 2) : 2] = (pos * freqs).sin()
+            table[:, 1 : 2 * (dim // 2) : 2] = (pos * freqs).cos()
+            scale = emb[:start].float().std().clamp_min(1e-4)  # match the existing rows' spread
+            emb[start : start + n] = (table * scale).to(emb.dtype)
+
+    def reset_encoder_counters(self) -> None:
+        for m in self.encoder_modules():
+            m.num_calls = m.num_items = 0
+
+
+AutoModelForCausalLM.register(OmniGroundConfig, OmniGroundForCausalLM, exist_ok=True)

@@ -1,0 +1,212 @@
+"""Generation on micro models: KV cache == no cache, encoders run once per request, left-padded batches
+answer as single requests do, sampling/stop strings/streaming, answer scores, and `load` errors."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import omniground
+from omniground.errors import UserError
+from omniground.media import Audio, VideoFrames, VideoInfo
+from omniground.model import OmniGround, build_model, tiny_config
+from omniground.model import api as model_api
+from omniground.model.tokenizer import build_tiny_tokenizer
+
+MICRO = dict(
+    text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              initializer_range=0.3),  # a peaked random LM: varied answers to compare
+    vision=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64),
+    audio=dict(num_mel_bins=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+               max_source_positions=100),
+    num_video_frames=4, video_frame_pool=2, video_num_queries=4, audio_window_seconds=1.0, max_audio_windows=4,
+    audio_tokens_per_window=2, audio_num_queries=4, resampler_hidden_size=32, resampler_num_layers=1,
+    resampler_num_heads=2,
+)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Micro matrices gain nothing from a second thread; on a shared 2-core machine it costs 10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+@pytest.fixture(scope="module")
+def og() -> OmniGround:
+    torch.manual_seed(0)
+    og = build_model(tiny_config(**MICRO), build_tiny_tokenizer(), num_location_bins=16)
+    og.model.eval()
+    return og
+
+
+def image(seed=0, w=40, h=30):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def video(n=4, seconds=6.0, seed=0):
+    frames = np.random.default_rng(seed).integers(0, 255, (n, 24, 40, 3), dtype=np.uint8)
+    return VideoFrames(frames, (np.arange(n) + 0.5) * seconds / n, VideoInfo(seconds, n / seconds, 40, 24, n, False))
+
+
+def audio(seconds=2.5, seed=0):
+    return Audio(np.random.default_rng(seed).standard_normal(int(16000 * seconds)).astype(np.float32) * 0.1, 16000,
+                 seconds)
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+REQUESTS = [
+    (user("<image>\nWhere is the cat?"), [image(0)]),
+    (user("<video>\nWhen does the ball bounce, and where does it land in <image>?"), [video(seed=1), image(2)]),
+    (user("<audio>\nWhen is the bell?"), [audio(seed=3)]),
+    (user("Say hi."), None),
+]
+
+
+def generate_ids(og, conversations, media, **kw):
+    inputs, _ = og.processor.prepare(conversations, media)
+    out = og.model.generate(**inputs, max_new_tokens=8, do_sample=False, **kw)
+    return out[:, inputs["input_ids"].shape[1] :]
+
+
+def test_cached_generation_gives_the_same_tokens_as_uncached(og):
+    convs, media = [c for c, _ in REQUESTS], [m for _, m in REQUESTS]
+    cached = generate_ids(og, convs, media, use_cache=True)
+    uncached = generate_ids(og, convs, media, use_cache=False)
+    assert cached.shape[1] == 8
+    assert torch.equal(cached, uncached)
+
+
+def test_each_encoder_runs_once_per_request_during_generation(og):
+    m = og.model
+    convs, media = [c for c, _ in REQUESTS], [m for _, m in REQUESTS]
+    m.reset_encoder_counters()
+    out = generate_ids(og, convs, media, use_cache=True, min_new_tokens=8)
+    assert out.shape[1] == 8
+    # one batched call per modality: 2 images in one call, the video's 4 frames in another; 3 audio windows
+    assert m.vision_tower.num_calls == 2 and m.vision_tower.num_items == 2 + 4
+    assert m.audio_encoder.num_calls == 1 and m.audio_encoder.num_items == 3
+    m.reset_encoder_counters()
+    generate_ids(og, convs, media, use_cache=False, min_new_tokens=8)  # the original's way: every step
+    assert m.vision_tower.num_calls == 2 * 8 and m.audio_encoder.num_calls == 8
+
+
+def test_left_padded_batch_answers_like_single_requests(og):
+    convs, media = [c for c, _ in REQUESTS], [m for _, m in REQUESTS]
+    batch = og.chat_batch(convs, media, max_new_tokens=8)
+    alone = [og.chat(c, m, max_new_tokens=8) for c, m in REQUESTS]
+    assert [r.model_text for r in batch] == [r.model_text for r in alone]
+    assert all(r.num_tokens > 0 for r in batch)
+
+
+def test_sampling_is_seeded_and_differs_from_greedy(og):
+    conv, media = REQUESTS[0]
+    greedy = og.chat(conv, media, max_new_tokens=12)
+    samples = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        samples.append(og.chat(conv, media, max_new_tokens=12, temperature=5.0).model_text)
+    assert samples[0] == samples[1]
+    assert len({samples[0], samples[2], greedy.model_text}) == 3
+
+
+def test_stop_strings_end_and_are_cut_from_the_answer(og):
+    conv, media = REQUESTS[3]
+    full = og.chat(conv, media, max_new_tokens=12, min_new_tokens=12)
+    assert full.finish_reason == "length" and len(full.model_text) > 6
+    stop = full.model_text[3:5]
+    cut = og.chat(conv, media, max_new_tokens=12, min_new_tokens=1, stop=[stop])
+    assert cut.finish_reason == "stop"
+    assert full.model_text.startswith(cut.model_text) and stop not in cut.model_text
+    assert cut.num_tokens < full.num_tokens
+
+
+def test_streaming_yields_the_answer_piece_by_piece(og):
+    conv, media = REQUESTS[1]
+    pieces = []
+    result = og.chat(conv, media, max_new_tokens=10, stream=pieces.append)
+    assert len(pieces) >= 2 and "".join(pieces).strip() == result.text
+    assert "".join(og.stream_chat(conv, media, max_new_tokens=10)).strip() == result.text
+
+
+def test_boxes_and_spans_come_back_with_their_token_probabilities(og):
+    """Decode a hand-written answer: boxes/spans mapped to the original frames, each scored."""
+    tok, meta = og.tokenizer, og.processor.encode(user("<image>"), [image(w=60, h=30)]).meta
+    meta.duration = 10.0
+    text = "the cat<|box|><loc_0><loc_4><loc_15><loc_11> rings <|span|><loc_3><loc_6>"
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id, tok.pad_token_id])
+    probs = torch.linspace(0.1, 0.9, len(ids))
+    result = og._result(ids, probs, meta, stop=[], max_new_tokens=50)
+    (box,), (span,) = result.boxes, result.spans
+    # y in the padded 60x60 square: 4/15 -> (0.267 - 0.25) / 0.5; x untouched
+    assert box.xyxy == pytest.approx((0.0, (4 / 15 - 0.25) / 0.5, 1.0, (11 / 15 - 0.25) / 0.5), abs=2e-3)  # 3 decimals
+    assert box.phrase == "the cat"
+    assert span.start == pytest.approx(0.2) and span.end == pytest.approx(0.4)
+    assert result.spans_seconds[0] == pytest.approx((2.0, 4.0))
+    loc = [i for i, t in enumerate(ids.tolist()) if t >= og.model.config.box_token_id]
+    box_ids = loc[:5]  # <|box|> + 4 location tokens, one token each
+    assert box.score == pytest.approx(float(probs[box_ids].mean()), abs=1e-6)
+    assert span.score == pytest.approx(float(probs[loc[5:]].mean()), abs=1e-6)
+    assert result.finish_reason == "stop" and result.num_tokens == len(ids) - 2
+
+
+def test_ground_picks_the_modality_and_names_the_phrase(og):
+    for media, kind in ((image(), "image"), (video(), "video"), (audio(), "audio")):
+        items = og.ground(media, "the cat", max_new_tokens=6)
+        assert isinstance(items, list)
+        assert all(i.phrase for i in items)
+    assert model_api._media_kind(video()) == "video" and model_api._media_kind(audio()) == "audio"
+
+
+def test_load_finds_checkpoints_and_explains_what_is_missing(og, tmp_path, monkeypatch):
+    monkeypatch.setattr(model_api, "CHECKPOINT_DIR", tmp_path / "checkpoints")
+    with pytest.raises(UserError, match="default model is not installed"):
+        omniground.load("omniground-tiny")
+    with pytest.raises(UserError, match="no model directory"):
+        omniground.load(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="not an omniground checkpoint"):
+        omniground.load(str(tmp_path / "empty"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="not a local directory nor in the Hugging Face cache") as e:
+        omniground.load("nobody-here/no-such-model")
+    assert "\n" not in str(e.value)
+
+    og.save_pretrained(tmp_path / "checkpoints" / "omniground-tiny")
+    shipped = omniground.load()
+    conv, media = REQUESTS[0]
+    assert shipped.chat(conv, media, max_new_tokens=6).model_text == og.chat(conv, media, max_new_tokens=6).model_text
+
+
+def test_streamed_boxes_appear_whole_and_in_the_image_frame(og):
+    """Location tokens arrive one by one; a box is shown only once whole, as `[..]` of the original image."""
+    tok = og.tokenizer
+    text = "the cat<|box|><loc_0><loc_4><loc_15><loc_11> and a dog"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    for meta, box in ((None, "[0.000,0.267,1.000,0.733]"),  # no image size known: the model's frame
+                      (model_api.RequestMeta(image_size=(60, 30)), "[0.000,0.034,1.000,0.966]")):  # padded 60x60
+        pieces = []
+        streamer = model_api._CallbackStreamer(og, pieces.append)
+        streamer.meta = meta
+        streamer.put(torch.tensor([[1, 2, 3]]))  # the prompt: not shown
+        for t in ids:
+            streamer.put(torch.tensor([t]))
+        streamer.end()
+        assert all("<" not in p for p in pieces) and len(pieces) > 3
+        assert "".join(pieces) == f"the cat{box} and a dog"
+        assert any(p.startswith(box) for p in pieces)
+
+
+def test_digit_boxes_stream_whole_too():
+    assert model_api._stable_prefix("the cat[0.100,0.2") == len("the cat")
+    assert model_api._stable_prefix("the cat[0.100,0.200,0.300,0.400] at {0.1") == len(
+        "the cat[0.100,0.200,0.300,0.400] at ")
+    assert model_api._stable_prefix("a<|box|><loc_1><loc_2>") == 1

@@ -1,0 +1,102 @@
+"""`omniground eval run --model CHECKPOINT`: a micro checkpoint saved here answers a small benchmark in
+batches, its answers are exactly what the Python API says, and the run is scored and reported."""
+
+import json
+import wave
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from omniground.data.schema import Sample, write_jsonl
+from omniground.errors import UserError
+from omniground.eval.cli import app
+from omniground.eval.model_predictor import ModelPredictor
+from omniground.model import OmniGround, build_model, tiny_config
+from omniground.model.tokenizer import build_tiny_tokenizer
+
+MICRO = dict(
+    text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              initializer_range=0.3),
+    vision=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64),
+    audio=dict(num_mel_bins=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+               max_source_positions=100),
+    audio_window_seconds=1.0, max_audio_windows=4, audio_tokens_per_window=2, audio_num_queries=4,
+    video_num_queries=4, resampler_hidden_size=32, resampler_num_layers=1, resampler_num_heads=2,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Micro matrices gain nothing from a second thread; on a shared 2-core machine it costs 10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    build_model(tiny_config(**MICRO), build_tiny_tokenizer(), num_location_bins=16).save_pretrained(root / "ckpt")
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+        samples.append(Sample(
+            id=f"rec{i}", media=[{"type": "image", "path": f"img{i}.png", "width": 50, "height": 30}],
+            conversation=[{"role": "user", "content": f"<image>\nWhere is the cat {i}?"},
+                          {"role": "assistant", "content": "the cat[0.100,0.200,0.500,0.600]"}],
+            boxes=[{"phrase": "the cat", "box": [0.1, 0.2, 0.5, 0.6]}], task="rec", stage=2, source="test",
+            license="CC0-1.0", split="test"))
+    with wave.open(str(root / "clip.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes((np.sin(np.arange(16000 * 3) / 5) * 8000).astype(np.int16).tobytes())
+    samples.append(Sample(
+        id="aud0", media=[{"type": "audio", "path": "clip.wav", "duration": 3.0}],
+        conversation=[{"role": "user", "content": "<audio>\nWhen does the bell ring?"},
+                      {"role": "assistant", "content": "the bell {0.33,0.67}"}],
+        spans=[{"phrase": "the bell", "start": 1.0, "end": 2.0}], task="audio_grounding", stage=2, source="test",
+        license="CC0-1.0", split="test"))
+    write_jsonl(root / "bench.jsonl", samples)
+    return root, samples
+
+
+def test_eval_run_with_a_checkpoint(bench):
+    root, samples = bench
+    result = CliRunner().invoke(app, ["run", "--data", str(root / "bench.jsonl"), "--out", str(root / "out"),
+                                      "--model", str(root / "ckpt"), "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in (root / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in lines] == [s.id for s in samples]
+    # the predictor's answers are the API's answers to the same questions and media
+    og = OmniGround.from_pretrained(root / "ckpt")
+    for s, p in zip(samples, lines):
+        expected = og.chat([{"role": "user", "content": s.conversation[0].content}],
+                           [s.media_path(0, root)], max_new_tokens=64)
+        assert p["text"] == expected.text
+    metrics = json.loads((root / "out" / "metrics.json").read_text())
+    text = json.dumps(metrics)
+    assert "rec/test" in text and "audio_grounding/test" in text
+    assert (root / "out" / "report.md").is_file()
+
+
+def test_predictor_batches_and_reads_boxes_in_the_image_frame(bench):
+    root, samples = bench
+    predictor = ModelPredictor(str(root / "ckpt"), max_new_tokens=8)
+    assert predictor.box_frame == "norm1" and predictor.name == "omniground:ckpt"
+    calls = []
+    original = predictor.og.chat_batch
+    predictor.og.chat_batch = lambda convs, media, **kw: calls.append(len(convs)) or original(convs, media, **kw)
+    answers = predictor.predict(samples, root)
+    assert calls == [len(samples)] and len(answers) == len(samples)
+    assert all(isinstance(a, str) for a in answers)
+
+
+def test_a_missing_checkpoint_is_a_one_line_user_error(tmp_path):
+    with pytest.raises(UserError, match="no model directory"):
+        ModelPredictor(str(tmp_path / "missing"))
