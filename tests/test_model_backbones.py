@@ -22,13 +22,6 @@ SMALL_ADAPTERS = dict(num_video_frames=3, video_frame_pool=2, video_num_queries=
                       audio_tokens_per_window=2, audio_num_queries=4, resampler_hidden_size=32,
                       resampler_num_layers=1, resampler_num_heads=2)
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Micro matrices gain nothing from a second thread; on a shared 2-core machine it costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

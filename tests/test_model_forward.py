@@ -7,43 +7,18 @@ import av
 import numpy as np
 import pytest
 import torch
+from micro import micro_model
 from PIL import Image
 
 from omniground.data.schema import Sample
 from omniground.grounding import parse
 from omniground.media import Audio, VideoFrames, VideoInfo
-from omniground.model import IGNORE_INDEX, OmniGround, build_model, tiny_config
-from omniground.model.tokenizer import build_tiny_tokenizer
-
-MICRO = dict(
-    text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    vision=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64),
-    audio=dict(num_mel_bins=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-               max_source_positions=100),
-    num_video_frames=4, video_frame_pool=2, video_num_queries=4, audio_window_seconds=1.0, max_audio_windows=4,
-    audio_tokens_per_window=2, audio_num_queries=4, resampler_hidden_size=32, resampler_num_layers=1,
-    resampler_num_heads=2,
-)
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Micro matrices gain nothing from a second thread; on a shared 2-core machine it costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
-def micro(num_location_bins=16, **kw) -> OmniGround:
-    torch.manual_seed(0)
-    return build_model(tiny_config(**{**MICRO, **kw}), build_tiny_tokenizer(), num_location_bins)
+from omniground.model import IGNORE_INDEX, OmniGround
 
 
 @pytest.fixture(scope="module")
 def og():
-    return micro()
+    return micro_model()
 
 
 def image(w=48, h=32, seed=0):
@@ -121,7 +96,7 @@ def test_labels_keep_only_assistant_turns(og):
 
 
 def test_stage_one_trains_adapters_and_new_token_rows_only():
-    og = micro()
+    og = micro_model()
     m = og.model
     m.config.train_encoders = False  # as with pretrained encoders
     m.set_stage(1)
@@ -145,7 +120,7 @@ def test_stage_one_trains_adapters_and_new_token_rows_only():
 def test_stage_two_full_and_lora():
     from peft import LoraConfig
 
-    og = micro()
+    og = micro_model()
     m = og.model
     m.set_stage(2)
     assert all(p.requires_grad for p in m.language_model.parameters())

@@ -1,7 +1,6 @@
 """A micro model learns to box a square in a handful of generated images: the whole path (processor ->
 location tokens -> loss -> generate -> grounding language -> Box in the original frame) works end to end."""
 
-import pytest
 import torch
 from PIL import Image, ImageDraw
 
@@ -19,13 +18,6 @@ MICRO = dict(
     resampler_num_layers=1, resampler_num_heads=2,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Micro matrices gain nothing from a second thread; on a shared 2-core machine it costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 

@@ -6,7 +6,7 @@ import wave
 
 import numpy as np
 import pytest
-import torch
+from micro import micro_model
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -14,35 +14,13 @@ from omniground.data.schema import Sample, write_jsonl
 from omniground.errors import UserError
 from omniground.eval.cli import app
 from omniground.eval.model_predictor import ModelPredictor
-from omniground.model import OmniGround, build_model, tiny_config
-from omniground.model.tokenizer import build_tiny_tokenizer
-
-MICRO = dict(
-    text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-              initializer_range=0.3),
-    vision=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=64),
-    audio=dict(num_mel_bins=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-               max_source_positions=100),
-    audio_window_seconds=1.0, max_audio_windows=4, audio_tokens_per_window=2, audio_num_queries=4,
-    video_num_queries=4, resampler_hidden_size=32, resampler_num_layers=1, resampler_num_heads=2,
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Micro matrices gain nothing from a second thread; on a shared 2-core machine it costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from omniground.model import OmniGround
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    torch.manual_seed(0)
-    build_model(tiny_config(**MICRO), build_tiny_tokenizer(), num_location_bins=16).save_pretrained(root / "ckpt")
+    micro_model(text=dict(initializer_range=0.3), num_video_frames=8).save_pretrained(root / "ckpt")
     rng = np.random.default_rng(0)
     samples = []
     for i in range(3):
