@@ -15,8 +15,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omniground.data import convert_cli, scrub
+from omniground.data.cli import app as data_app
 from omniground.errors import UserError
 from omniground.eval.cli import app as eval_app
+from omniground.serve import cli as serve_cli
+from omniground.train import cli as train_cli
 
 app = typer.Typer(
     name="omniground",
@@ -27,11 +31,6 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _not_yet(command: str, issue: str) -> None:
-    err_console.print(f"[red]omniground {command}: not available yet ({issue} is still open).[/red]")
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -86,43 +85,15 @@ def inspect(
         console.print(f"saved {save_viz}")
 
 
-@app.command()
-def ground(
-    media: Path = typer.Argument(..., help="An image, video or audio file."),
-    query: str = typer.Argument(..., help='What to find, e.g. "the dog" or "when does the bell ring".'),
-) -> None:
-    """Find where (box) or when (span) the query is in the media."""
-    from omniground import media as M
-
-    M.media_type(media)  # bad media is reported before anything else
-    _not_yet("ground", "the Model issue")
-
-
-@app.command()
-def chat() -> None:
-    """Chat about images, video and audio in the terminal."""
-    _not_yet("chat", "the Serving issue")
-
-
-@app.command()
-def serve() -> None:
-    """Serve an OpenAI-compatible API and a web page."""
-    _not_yet("serve", "the Serving issue")
-
-
-@app.command()
-def train() -> None:
-    """Train the three stages (alignment, grounding, instructions)."""
-    _not_yet("train", "the Training issue")
-
-
+# Sub-commands live beside the code they drive; this file only assembles them.
+app.command()(serve_cli.ground)
+app.command()(serve_cli.chat)
+app.command()(serve_cli.serve)
+app.command()(train_cli.train)
+data_app.command()(convert_cli.convert)
+data_app.command()(scrub.scrub)
+app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
-
-
-@app.command()
-def data() -> None:
-    """Generate, convert and scrub training data."""
-    _not_yet("data", "the Data engine issue")
 
 
 def main() -> None:

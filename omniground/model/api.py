@@ -97,7 +97,15 @@ class OmniGround:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | None = None, dtype=None, **kwargs) -> OmniGround:
-        model = OmniGroundForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        from transformers.utils import logging as hf_logging
+
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a small model loads in a blink; the bar is only noise in CLI output
+        try:
+            model = OmniGroundForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         if device is not None:
             model.to(device)
         model.eval()

@@ -1,0 +1,58 @@
+"""Training throughput (samples/s) of each stage of the omniground-tiny recipe on this machine.
+
+    python benchmarks/bench_train.py [--steps 8] [--threads 1]
+
+Runs a few optimizer steps of each stage's config (configs/omniground-tiny/stage{1,2,3}.yaml) from a
+fresh tiny model, on the generated data those configs name (scripts/make_default_data.sh). The first
+step is a warm-up and is not counted. Prints one line per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--configs", type=Path, default=Path("configs/omniground-tiny"))
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    from rich.console import Console
+
+    from omniground.train import Trainer, load_config
+
+    quiet = Console(quiet=True)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), cuda={torch.cuda.is_available()}")
+    for stage in (1, 2, 3):
+        path = args.configs / f"stage{stage}.yaml"
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_config(path, {"output_dir": tmp, "max_steps": args.steps + 1, "eval_data": [], "eval_every": 0,
+                                     "save_every": 0, "num_threads": args.threads})
+            tiny = load_config(args.configs / "stage1.yaml").model.tiny
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"from_checkpoint": None,
+                                                                                   "tiny": tiny})})
+            trainer = Trainer(cfg, console=quiet)
+            trainer.train(stop_after=1)  # warm-up: first batch, allocator, media cache
+            t0, c0, seen = time.perf_counter(), time.process_time(), trainer.samples_seen
+            trainer.train(stop_after=args.steps + 1)
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+            n = trainer.samples_seen - seen
+            sps = n / dt
+            trainable = sum(p.numel() for p in trainer.trainable) / 1e6
+            print(f"stage {stage}: {sps:6.2f} samples/s  ({args.steps} steps x {cfg.batch_size * cfg.grad_accum} "
+                  f"samples, {dt / args.steps:.2f} s/step; {n / cpu:.2f} samples per CPU-second, "
+                  f"{trainable:.2f}M trainable, {len(trainer.train_set)} samples)")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall-clock figures shrink when shared")
+
+
+if __name__ == "__main__":
+    main()

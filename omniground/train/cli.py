@@ -1,0 +1,46 @@
+"""`omniground train CONFIG.yaml [--resume]`: one training stage from its YAML config.
+
+Mounted by the main CLI as `app.add_typer(train_app, name="train")`. Multi-GPU/multi-node runs go
+through accelerate's launcher: `accelerate launch -m omniground.train CONFIG.yaml`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+err_console = Console(stderr=True)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="A stage's YAML config (see configs/)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output_dir."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set max_steps=10 (YAML value)."),
+) -> None:
+    """Train one stage (alignment, grounding or instruction tuning) as its config says."""
+    import yaml
+
+    from omniground.errors import UserError
+    from omniground.media.errors import MediaError
+    from omniground.train.config import load_config
+    from omniground.train.trainer import train as run
+
+    try:
+        overrides = {}
+        for item in set_:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+            overrides[key] = yaml.safe_load(value)
+        run(load_config(config, overrides), resume=resume)
+    except (UserError, MediaError) as e:
+        err_console.print(f"[red]omniground train: {e}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def main() -> None:
+    app()

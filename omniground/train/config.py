@@ -1,0 +1,131 @@
+"""A training stage as data: one YAML file, validated here, is the whole recipe of a run.
+
+    stage: 2
+    output_dir: runs/omniground-tiny/stage2
+    model: {from_checkpoint: runs/omniground-tiny/stage1/model}
+    train_data: [{path: runs/data/synth/train.jsonl, tasks: [rec, video_grounding]}]
+    eval_data: [{path: runs/data/synth/val.jsonl, limit: 64}]
+    batch_size: 16
+    max_steps: 500
+
+Relative paths are read from the current directory (the repository root in our scripts), so the
+same file works on any machine that has the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from omniground.errors import UserError
+
+
+class TrainConfigError(UserError):
+    """A bad training config; str(e) is one line."""
+
+
+class DataSource(BaseModel):
+    """One JSONL of `Sample`s and which of its samples a stage uses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    tasks: list[str] | None = None  # keep only these tasks (None: all)
+    stages: list[int] | None = None  # keep only samples generated for these stages (None: all)
+    splits: list[str] | None = None  # keep only these splits (None: all)
+    limit: int | None = Field(default=None, gt=0)  # the first N kept samples: a replay share
+    repeat: int = Field(default=1, ge=1)  # oversample a small source
+
+
+class ModelInit(BaseModel):
+    """Where the stage's weights come from: exactly one of the three."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    from_checkpoint: str | None = None  # the previous stage's `model/` (or any omniground checkpoint)
+    tiny: dict[str, Any] | None = None  # `build_tiny(**tiny)`: a fresh from-scratch model
+    backbones: dict[str, Any] | None = None  # `from_backbones(**backbones)`: pretrained LM/encoders
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelInit:
+        given = [k for k in ("from_checkpoint", "tiny", "backbones") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"model needs exactly one of from_checkpoint, tiny, backbones (got {given or 'none'})")
+        return self
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Literal[1, 2, 3]
+    output_dir: Path
+    model: ModelInit
+    train_data: list[DataSource] = Field(min_length=1)
+    eval_data: list[DataSource] = Field(default_factory=list)
+    lora: dict[str, Any] | None = None  # peft LoraConfig kwargs for stages 2-3 (None: the full LM trains)
+
+    # batches: `batch_size` per process, `grad_accum` micro-batches per optimizer step
+    batch_size: int = Field(default=8, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    max_steps: int = Field(gt=0)  # optimizer steps; epochs follow from the data size
+    group_by_length: bool = True
+    max_length: int | None = Field(default=None, gt=0)
+    gradient_checkpointing: bool = False  # recompute LM activations in backward: less memory, ~30% slower
+
+    # optimiser: AdamW, linear warm-up then cosine to min_lr_ratio * lr
+    lr: float = Field(default=1e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    max_grad_norm: float | None = 1.0
+
+    # runtime
+    seed: int = 0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    num_threads: int | None = Field(default=None, gt=0)  # torch CPU threads per process
+    cache_media: bool = True  # keep decoded media in memory (small synthetic sets)
+
+    # bookkeeping
+    log_every: int = Field(default=10, gt=0)
+    eval_every: int = Field(default=0, ge=0)  # 0: only at the end
+    eval_generate: int = Field(default=0, ge=0)  # held-out samples answered by generation for grounding metrics
+    save_every: int = Field(default=0, ge=0)  # resumable checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = Field(default=2, gt=0)
+
+    @property
+    def model_dir(self) -> Path:
+        """The stage's output model, what the next stage's `from_checkpoint` names."""
+        return self.output_dir / "model"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read and validate a stage YAML; `overrides` (dotted keys allowed: `model.tiny`) win over the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainConfigError(f"{path}: no such config file") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise TrainConfigError(f"{path}: not readable YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise TrainConfigError(f"{path}: a training config is a YAML mapping")
+    for key, value in (overrides or {}).items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        raise TrainConfigError(f"{path}: {where + ': ' if where else ''}{err['msg']}") from None

@@ -1,0 +1,243 @@
+"""The trainer on a very small model and a few hand-made samples: stages chain, resume equals uninterrupted."""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from omniground.data.schema import BoxLabel, Media, Sample, SpanLabel, Turn, write_jsonl
+from omniground.grounding import Box, Span, format_box, format_span
+from omniground.train import TrainConfig, TrainConfigError, Trainer, load_config, train
+from omniground.train.data import BatchPlan, shard
+
+# A model small enough that a training step takes milliseconds.
+MICRO_MODEL = dict(
+    num_location_bins=16,
+    text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+              num_key_value_heads=2),
+    vision=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                intermediate_size=64),
+    audio=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+    resampler_hidden_size=32, resampler_num_heads=2, resampler_num_layers=1, video_num_queries=4,
+    audio_num_queries=4, num_video_frames=2, max_audio_windows=2, audio_window_seconds=1.0,
+)
+COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
+
+
+def _image_sample(root: Path, i: int) -> Sample:
+    rng = np.random.default_rng(i)
+    name = list(COLOURS)[i % 3]
+    w, h = 40, 32
+    x1, y1 = int(rng.integers(0, 20)), int(rng.integers(0, 16))
+    x2, y2 = x1 + 12, y1 + 10
+    img = np.full((h, w, 3), 240, np.uint8)
+    img[y1:y2, x1:x2] = COLOURS[name]
+    path = root / "media" / f"img{i}.png"
+    Image.fromarray(img).save(path)
+    box = Box.from_pixels((x1, y1, x2, y2), w, h)
+    return Sample(
+        id=f"img{i}", media=[Media(type="image", path=f"media/{path.name}", width=w, height=h)],
+        conversation=[Turn(role="user", content=f"<image>\nWhere is the {name} square?"),
+                      Turn(role="assistant", content=f"The {name} square{format_box(box)}.")],
+        boxes=[BoxLabel(phrase=f"{name} square", box=box.xyxy)], task="rec", stage=2, source="test",
+        license="CC0", split="train",
+    )
+
+
+def _audio_sample(root: Path, i: int) -> Sample:
+    sr, seconds = 16000, 2.0
+    t = np.arange(int(sr * seconds)) / sr
+    start, end = 0.5 + 0.25 * (i % 3), 1.25 + 0.25 * (i % 3)
+    x = 0.01 * np.random.default_rng(i).standard_normal(t.shape)
+    x[(t >= start) & (t < end)] += 0.5 * np.sin(2 * np.pi * 880 * t[(t >= start) & (t < end)])
+    path = root / "media" / f"aud{i}.wav"
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(sr)
+        f.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    span = Span.from_seconds(start, end, seconds)
+    return Sample(
+        id=f"aud{i}", media=[Media(type="audio", path=f"media/{path.name}", duration=seconds)],
+        conversation=[Turn(role="user", content="<audio>\nWhen can you hear the beep?"),
+                      Turn(role="assistant", content=f"The beep{format_span(span)}.")],
+        spans=[SpanLabel(phrase="beep", start=start, end=end)], task="audio_grounding", stage=2, source="test",
+        license="CC0", split="train",
+    )
+
+
+def _video_sample(root: Path, i: int) -> Sample:
+    import av
+
+    fps, n = 4, 8
+    path = root / "media" / f"vid{i}.mp4"
+    on = (2 + i % 3, 5 + i % 3)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for k in range(n):
+            frame = np.full((32, 32, 3), 20, np.uint8)
+            if on[0] <= k < on[1]:
+                frame[8:24, 8:24] = 230
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    duration = n / fps
+    span = Span.from_seconds(on[0] / fps, on[1] / fps, duration)
+    return Sample(
+        id=f"vid{i}", media=[Media(type="video", path=f"media/{path.name}", width=32, height=32, duration=duration)],
+        conversation=[Turn(role="user", content="<video>\nWhen is the white square visible?"),
+                      Turn(role="assistant", content=f"{format_span(span)}.")],
+        spans=[SpanLabel(phrase="white square", start=on[0] / fps, end=on[1] / fps)], task="video_grounding",
+        stage=2, source="test", license="CC0", split="train",
+    )
+
+
+def write_tiny_data(root: Path, images: int = 8, audios: int = 4, videos: int = 4) -> Path:
+    """A JSONL of hand-made samples of all three modalities (media under root/media)."""
+    (root / "media").mkdir(parents=True, exist_ok=True)
+    samples = [_image_sample(root, i) for i in range(images)]
+    samples += [_audio_sample(root, i) for i in range(audios)]
+    samples += [_video_sample(root, i) for i in range(videos)]
+    write_jsonl(root / "train.jsonl", samples)
+    return root / "train.jsonl"
+
+
+def stage_config(tmp: Path, data: Path, stage: int, init: dict, **kw) -> TrainConfig:
+    settings = dict(
+        stage=stage, output_dir=tmp / f"stage{stage}", model=init, train_data=[{"path": data}],
+        batch_size=4, grad_accum=2, max_steps=3, lr=3e-3, warmup_steps=1, log_every=1, num_threads=1, seed=3,
+    )
+    settings.update(kw)
+    return TrainConfig.model_validate(settings)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_tiny_data(tmp_path_factory.mktemp("data"))
+
+
+def _adapter_state(model) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(model.adapter_modules())
+            for k, v in m.state_dict().items()}
+
+
+def test_stages_chain_and_stage1_adapters_are_saved_and_loaded(tmp_path, data):
+    cfg1 = stage_config(tmp_path, data, 1, {"tiny": MICRO_MODEL}, eval_data=[{"path": data, "limit": 4}],
+                        eval_generate=2, eval_every=2, save_every=2)
+    t1 = Trainer(cfg1)
+    lm_before = {k: v.clone() for k, v in t1.og.model.language_model.model.layers.state_dict().items()}
+    adapters_before = _adapter_state(t1.og.model)
+    summary1 = t1.train()
+    trained = _adapter_state(t1.accelerator.unwrap_model(t1.model))
+    # stage 1: adapters learn, the LM's blocks stay frozen
+    assert any(not torch.equal(adapters_before[k], trained[k]) for k in trained)
+    lm_after = t1.og.model.language_model.model.layers.state_dict()
+    assert all(torch.equal(lm_before[k], lm_after[k]) for k in lm_before)
+    assert summary1["steps"] == 3 and len(summary1["history"]) == 3
+    assert summary1["evals"] and "eval_loss" in summary1["evals"][-1] and "metrics" in summary1["evals"][-1]
+    metrics = json.loads((cfg1.output_dir / "metrics.json").read_text())
+    assert metrics["stage"] == 1 and metrics["samples_seen"] == 3 * 4 * 2
+    assert (cfg1.output_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+    # stage 2 starts from stage 1's saved model: its adapters are the trained ones, not fresh ones
+    cfg2 = stage_config(tmp_path, data, 2, {"from_checkpoint": str(cfg1.model_dir)}, max_steps=2)
+    t2 = Trainer(cfg2)
+    loaded = _adapter_state(t2.og.model)
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+    assert t2.og.model.config.num_location_bins == 16
+    # stage 2 trains the LM too
+    lm_params = [p for p in t2.og.model.language_model.model.layers.parameters()]
+    assert lm_params and all(p.requires_grad for p in lm_params)
+    t2.train()
+    assert (cfg2.model_dir / "model.safetensors").is_file()
+
+
+def test_resume_equals_uninterrupted(tmp_path, data):
+    init = {"tiny": MICRO_MODEL}
+    whole = stage_config(tmp_path / "a", data, 2, init, max_steps=4, save_every=2)
+    train(whole)
+    cut = stage_config(tmp_path / "b", data, 2, init, max_steps=4, save_every=2)
+    Trainer(cut).train(stop_after=2)  # "killed" after step 2's checkpoint
+    assert not cut.model_dir.exists()
+    Trainer(cut).train(resume=True)
+    a, b = load_file(whole.model_dir / "model.safetensors"), load_file(cut.model_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    la = [r["loss"] for r in json.loads((whole.output_dir / "metrics.json").read_text())["history"]]
+    lb = [r["loss"] for r in json.loads((cut.output_dir / "metrics.json").read_text())["history"]]
+    assert la == pytest.approx(lb, abs=1e-6)
+    # and training did something: the weights moved away from the initial ones
+    fresh = stage_config(tmp_path / "c", data, 2, init, max_steps=1, lr=1e-12)
+    train(fresh)
+    c = load_file(fresh.model_dir / "model.safetensors")
+    assert any(not torch.allclose(a[k], c[k], atol=1e-6) for k in a)
+
+
+def test_batch_plan_is_deterministic_complete_and_groups_lengths():
+    lengths = np.random.default_rng(0).integers(10, 500, size=203)
+    plan = BatchPlan(203, 8, seed=5, lengths=lengths)
+    epoch0 = plan.plan_epoch(0)
+    assert epoch0 == BatchPlan(203, 8, seed=5, lengths=lengths).plan_epoch(0)
+    assert epoch0 != plan.plan_epoch(1)
+    flat = [i for b in epoch0 for i in b]
+    assert len(flat) == len(set(flat)) == 203 // 8 * 8  # each sample at most once; last partial batch dropped
+    assert plan.global_batch_at(len(epoch0) + 3) == plan.plan_epoch(1)[3]
+
+    def padding(batches):
+        return sum(len(b) * lengths[b].max() - lengths[b].sum() for b in batches)
+
+    assert padding(epoch0) < 0.5 * padding(BatchPlan(203, 8, seed=5).plan_epoch(0))
+    parts = [shard(epoch0[0], r, 2) for r in range(2)]
+    assert parts[0] + parts[1] == epoch0[0] and len(parts[0]) == 4
+
+
+def test_config_errors_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: 4\noutput_dir: x\nmodel: {tiny: {}}\ntrain_data: [{path: a.jsonl}]\nmax_steps: 1\n")
+    with pytest.raises(TrainConfigError) as e:
+        load_config(bad)
+    assert "stage" in str(e.value) and "\n" not in str(e.value)
+    two = tmp_path / "two.yaml"
+    two.write_text("stage: 1\noutput_dir: x\nmodel: {tiny: {}, from_checkpoint: y}\n"
+                   "train_data: [{path: a.jsonl}]\nmax_steps: 1\n")
+    with pytest.raises(TrainConfigError, match="exactly one"):
+        load_config(two)
+    ok = load_config(two, {"model": {"tiny": {}}, "max_steps": 7})
+    assert ok.max_steps == 7 and ok.model.tiny == {}
+
+
+def test_cli_reports_bad_input_in_one_line_with_exit_2(tmp_path):
+    from omniground.train.cli import app
+
+    missing_data = tmp_path / "c.yaml"
+    missing_data.write_text(f"stage: 1\noutput_dir: {tmp_path / 'o'}\nmodel: {{tiny: {{}}}}\n"
+                            f"train_data: [{{path: {tmp_path / 'nope.jsonl'}}}]\nmax_steps: 1\n")
+    for args in (["no-such.yaml"], [str(missing_data)], [str(missing_data), "--set", "oops"]):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2, r.output
+        assert "Traceback" not in r.output and r.output.strip().count("\n") == 0
+
+
+def test_lora_stage_with_gradient_checkpointing_saves_a_plain_merged_checkpoint(tmp_path, data):
+    cfg = stage_config(tmp_path, data, 2, {"tiny": MICRO_MODEL}, max_steps=2, gradient_checkpointing=True,
+                       lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    t = Trainer(cfg)
+    lm = t.og.model.language_model
+    trainable = [n for n, p in lm.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or "embed_tokens" in n or "lm_head" in n for n in trainable)
+    t.train()
+    saved = load_file(cfg.model_dir / "model.safetensors")
+    assert not any("lora_" in k for k in saved)
+    from omniground.model import load
+
+    reloaded = load(cfg.model_dir)
+    assert reloaded.model.config.num_location_bins == 16
