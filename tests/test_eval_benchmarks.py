@@ -3,43 +3,16 @@ benchmark, both against an OpenAI-compatible server the test starts; the reserve
 
 import json
 import pickle
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_chat_server import FakeChatServer
 from PIL import Image
 from typer.testing import CliRunner
 
-from omniground.eval.cli import app  # the `omniground eval` sub-app (the top level imports torch)
 from omniground.data.schema import read_jsonl
 from omniground.eval.benchmarks import BenchmarkError, prepare_public
+from omniground.eval.cli import app  # the `omniground eval` sub-app (the top level imports torch)
 from omniground.eval.heldout import BENCH_SEED, RESERVED_EVAL_SEEDS, check_training_seed
-
-
-class Server:
-    """A loopback OpenAI-compatible chat server whose answer is `answer(request_body)`."""
-
-    def __init__(self, answer):
-        self.bodies: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.bodies.append(body)
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer(body)}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
@@ -47,12 +20,12 @@ def serve():
     servers = []
 
     def start(answer):
-        servers.append(Server(answer))
+        servers.append(FakeChatServer(answer))
         return servers[-1]
 
     yield start
     for s in servers:
-        s.server.shutdown()
+        s.close()
 
 
 def _text(body):

@@ -2,18 +2,17 @@
 predictions, metrics by group, baselines, report files, and `eval compare`."""
 
 import json
-import threading
 import wave
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_chat_server import FakeChatServer
 from PIL import Image
 from typer.testing import CliRunner
 
-from omniground.eval.cli import app  # the `omniground eval` sub-app (the top level imports torch)
 from omniground.data.schema import Sample, write_jsonl
+from omniground.eval.cli import app  # the `omniground eval` sub-app (the top level imports torch)
 from omniground.eval.predictors import EndpointPredictor, openai_messages
 from omniground.eval.runner import baseline_scores, predict_all, score
 
@@ -55,43 +54,24 @@ ANSWERS = {
 }
 
 
-class Endpoint:
-    """A scripted OpenAI-compatible chat server on loopback; can be told to fail after N answers."""
+class Endpoint(FakeChatServer):
+    """Scripted answers (ANSWERS by the question's first word); can be told to fail after N answers."""
 
     def __init__(self):
-        self.requests: list[dict] = []
         self.fail_after: int | None = None
-        outer = self
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                if outer.fail_after is not None and len(outer.requests) > outer.fail_after:
-                    self.send_response(503), self.end_headers()
-                    return
-                text = body["messages"][0]["content"][-1]["text"]
-                answer = ANSWERS[text.split(":")[0]]
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, body):
+        if self.fail_after is not None and len(self.requests) > self.fail_after:
+            return 503
+        return ANSWERS[body["messages"][0]["content"][-1]["text"].split(":")[0]]
 
 
 @pytest.fixture
 def endpoint():
     e = Endpoint()
     yield e
-    e.server.shutdown()
+    e.close()
 
 
 def test_openai_messages_carry_media_as_content_parts(tmp_path):

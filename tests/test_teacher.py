@@ -7,10 +7,9 @@ a location, or replying with junk. Only the faithful rewrites may survive.
 import json
 import random
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from fake_chat_server import FakeChatServer
 from typer.testing import CliRunner
 
 from omniground.data import instruct
@@ -63,42 +62,26 @@ def spaced(turns):  # same numbers, other notation: not our canonical text, so n
 BEHAVIOUR = {"mode": faithful, "status": 200, "fence": False, "seen": []}
 
 
-class Handler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        BEHAVIOUR["seen"].append((self.path, body))
-        if BEHAVIOUR["status"] != 200:
-            self.send_response(BEHAVIOUR["status"])
-            self.end_headers()
-            return
-        turns = json.loads(body["messages"][-1]["content"])["conversation"]
-        mode = BEHAVIOUR["mode"]
-        content = "I will not." if mode is None else json.dumps({"conversation": mode(turns)})
-        if BEHAVIOUR["fence"]:
-            content = f"Here you go:\n```json\n{content}\n```"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def reply(body):
+    BEHAVIOUR["seen"].append(body)
+    if BEHAVIOUR["status"] != 200:
+        return BEHAVIOUR["status"]
+    turns = json.loads(body["messages"][-1]["content"])["conversation"]
+    mode = BEHAVIOUR["mode"]
+    content = "I will not." if mode is None else json.dumps({"conversation": mode(turns)})
+    return f"Here you go:\n```json\n{content}\n```" if BEHAVIOUR["fence"] else content
 
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+    fake = BEHAVIOUR["server"] = FakeChatServer(reply)
+    yield fake.url
+    fake.close()
 
 
 @pytest.fixture(autouse=True)
 def reset():
-    BEHAVIOUR.update(mode=faithful, status=200, fence=False, seen=[])
+    BEHAVIOUR.update(mode=faithful, status=200, fence=False, seen=[])  # "server" stays: module-scoped
 
 
 def image_dialogue(k: int = 0) -> Sample:
@@ -145,8 +128,9 @@ def test_faithful_rewrites_are_accepted_with_placeholders_restored(server):
         assert new.conversation[0].content.startswith(sample.conversation[0].content.split("\n")[0] + "\nHi! ")
         assert len(new.conversation) == len(sample.conversation) + 2 and new.meta["teacher"] is True
         assert new.boxes == sample.boxes and new.spans == sample.spans
-    path, body = BEHAVIOUR["seen"][0]
-    assert path == "/v1/chat/completions" and body["model"] == "tiny-teacher"
+    body = BEHAVIOUR["seen"][0]
+    assert body["model"] == "tiny-teacher"
+    assert {r["path"] for r in BEHAVIOUR["server"].requests} == {"/v1/chat/completions"}
     assert "<image>" not in body["messages"][-1]["content"]  # the teacher sees text only
     BEHAVIOUR["fence"] = True
     assert teacher.rewrite(image_dialogue())[1] == "accepted"
