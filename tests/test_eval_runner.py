@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from omniground.data.schema import Sample, write_jsonl
 from omniground.eval.cli import app  # the `omniground eval` sub-app (the top level imports torch)
 from omniground.eval.predictors import EndpointPredictor, openai_messages
-from omniground.eval.runner import baseline_scores, predict_all, score
+from omniground.eval.runner import baseline_scores, parse_prediction, predict_all, score
 
 W, H = 200, 100
 
@@ -148,3 +148,19 @@ def test_cli_errors_are_one_line(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["run", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path)])
     assert isinstance(r.exception, EvalError) and "no such benchmark file" in str(r.exception)
+
+
+def test_negatives_are_scored_by_declining_to_ground():
+    def negative(i, answer):
+        return Sample(id=f"n{i}", media=[{"type": "image", "path": "x.png", "width": 10, "height": 10}],
+                      conversation=[{"role": "user", "content": "<image>\nWhere is the purple clock?"},
+                                    {"role": "assistant", "content": answer}], task="negative", stage=2,
+                      source="test", license="CC0")
+
+    samples = [negative(0, "No, there is no purple clock."), negative(1, "I cannot find a purple clock."),
+               negative(2, "No purple clock here."), negative(3, "There is none.")]
+    texts = ["No, there is none.", "It is here [0.1,0.1,0.2,0.2].", "", "Yes, there is one."]
+    preds = {s.id: parse_prediction(s, t) for s, t in zip(samples, texts)}
+    m = score(samples, preds)["negative/train"]
+    assert m["rejection_acc"] == pytest.approx(2 / 4)  # the box and the empty answer fail
+    assert m["yes_no_acc"] == pytest.approx(1 / 2)  # only the references with a yes/no word count

@@ -18,7 +18,7 @@ from omniground.media.errors import MediaError
 
 # Which numbers head each table, in the order the literature prints them.
 HEADLINE = ["acc@0.5", "acc@0.75", "acc@0.9", "macc", "r1@0.3", "r1@0.5", "r1@0.7", "r5@0.5", "miou", "event_f1",
-            "recall@0.5", "yes_no_acc", "exact_match", "no_location"]
+            "recall@0.5", "rejection_acc", "yes_no_acc", "exact_match", "no_location"]
 
 
 def write_metrics(path: Path, system: str, metrics: dict, baselines: dict, extra: dict | None = None) -> None:
@@ -27,7 +27,9 @@ def write_metrics(path: Path, system: str, metrics: dict, baselines: dict, extra
                                           **(extra or {})}), indent=2))
 
 
-def markdown_report(system: str, metrics: dict, baselines: dict, notes: Sequence[str] = ()) -> str:
+def markdown_report(system: str, metrics: dict, baselines: dict, notes: Sequence[str] = (),
+                    histograms: Sequence[str] = ()) -> str:
+    """The report's text; `histograms` names the groups that have an IoU histogram to show."""
     lines = [f"# Evaluation: {system}", ""]
     lines += [f"- {n}" for n in notes]
     if notes:
@@ -40,8 +42,9 @@ def markdown_report(system: str, metrics: dict, baselines: dict, notes: Sequence
         for bname, bm in baselines.items():
             if group in bm:
                 lines.append(f"| {bname} | " + " | ".join(f"{bm[group].get(c, float('nan')):.3f}" for c in cols) + " |")
-        hist = f"iou_{group.replace('/', '_')}.png"
-        lines += ["", f"![IoU histogram]({hist})", ""]
+        lines.append("")
+        if group in histograms:
+            lines += [f"![IoU histogram](iou_{group.replace('/', '_')}.png)", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -67,7 +70,7 @@ def write_report(out_dir: Path, system: str, metrics: dict, baselines: dict, sam
         with atomic_output(out_dir / f"iou_{group.replace('/', '_')}.png") as tmp:
             fig.savefig(tmp, format="png")
     with atomic_output(out_dir / "report.md") as tmp:
-        tmp.write_text(markdown_report(system, metrics, baselines, notes) + "\nBest and worst examples: "
+        tmp.write_text(markdown_report(system, metrics, baselines, notes, list(groups)) + "\nBest and worst examples: "
                        "[examples.md](examples.md)\n")
     _write_examples(out_dir, groups, preds, root, examples)
     return out_dir / "report.md"

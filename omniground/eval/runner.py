@@ -23,6 +23,7 @@ from omniground.eval.metrics import (
     grounded_caption_recall,
     rec_metrics,
     temporal_metrics,
+    yes_no,
     yes_no_accuracy,
 )
 from omniground.eval.predictors import Predictor, reference_answer
@@ -161,8 +162,12 @@ def score(samples: Sequence[Sample], preds: dict[str, Prediction]) -> dict[str, 
                 [p.box_values() if p else [] for p in got], [[Box(*b.box) for b in s.boxes] for s in ss]),
                 "n": len(ss)}
         elif task in YES_NO_TASKS:
-            out[name] = {"yes_no_acc": yes_no_accuracy([p.text if p else "" for p in got],
-                                                       [reference_answer(s) for s in ss]), "n": len(ss)}
+            # "Where is the purple clock?" with none in the picture: right = an answer that grounds nothing.
+            declined = [bool(p and p.text.strip() and not p.boxes and not p.spans) for p in got]
+            out[name] = {"rejection_acc": sum(declined) / len(declined), "n": len(ss)}
+            asked = [(p.text if p else "", ref) for p, ref in zip(got, map(reference_answer, ss)) if yes_no(ref)]
+            if asked:  # only questions whose reference says yes or no can be scored that way
+                out[name]["yes_no_acc"] = yes_no_accuracy(*zip(*asked))
         elif task == "vqa":
             out[name] = {"exact_match": exact_match([p.text if p else "" for p in got],
                                                     [reference_answer(s) for s in ss]), "n": len(ss)}
