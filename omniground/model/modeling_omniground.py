@@ -122,6 +122,9 @@ class OmniGroundConfig(PreTrainedConfig):
     span_token_id: int = -1
     loc_token_start_id: int = -1
     num_location_bins: int = 0
+    # `<loc_k>` tokens point into the image (Kosmos-2/pointer style): their LM-head logits and input
+    # embeddings get a term computed from the patch-grid column (x) / row (y) at bin k. See LocationPointer.
+    location_pointer: bool = False
     new_token_start_id: int = -1  # first id added by omniground: these rows of the embeddings always train
     # training
     train_encoders: bool = False  # True only for the from-scratch encoders of the tiny default
@@ -407,6 +410,78 @@ class MediaResampler(nn.Module):
 
 
 # =================================================================================================
+# Location pointer: `<loc_k>` tied to where bin k is in the image
+# =================================================================================================
+
+
+def bin_interpolation(num_bins: int, grid: int) -> torch.Tensor:
+    """(num_bins, grid) weights: bin k (coordinate k/(n-1) of the square) as a linear mix of patch columns.
+
+    Patch c covers [c/g, (c+1)/g], centre (c+0.5)/g; a coordinate between two centres mixes the two.
+    """
+    v = torch.linspace(0, 1, num_bins) * grid - 0.5  # continuous patch index
+    v = v.clamp(0, grid - 1)
+    lo = v.floor().long().clamp(max=grid - 1)
+    hi = (lo + 1).clamp(max=grid - 1)
+    w_hi = v - lo.float()
+    m = torch.zeros(num_bins, grid)
+    m[torch.arange(num_bins), lo] += 1 - w_hi
+    m[torch.arange(num_bins), hi] += w_hi
+    return m
+
+
+class LocationPointer(nn.Module):
+    """Ties the `<loc_k>` tokens to positions in the request's image.
+
+    From the image's adapter tokens (LM space, a g x g grid) it takes, for every bin k, the column
+    feature at x = k/(n-1) (pooled over rows) and the row feature at y = k/(n-1) (pooled over columns):
+    X, Y (B, n, H). Then
+      logits[<loc_k>] += h . (U_x X_k) + h . (U_y Y_k)      (the LM head keeps its own row as a bias)
+      embed(<loc_k>)  += V_x X_k + V_y Y_k
+    (both terms scaled by 1/sqrt(H), as attention: unscaled, the first AdamW steps blew the loc logits up).
+    A box's x and y tokens share the bins, so both terms are always present: the hidden state selects
+    which one matters (it knows from context which coordinate comes next). All four maps start at zero,
+    so a fresh pointer model computes exactly what the model without it does.
+    """
+
+    def __init__(self, hidden: int, num_bins: int):
+        super().__init__()
+        self.num_bins = num_bins
+        self.scale = hidden**-0.5  # as attention's 1/sqrt(d): both sides are O(1) per dimension
+        self.norm = nn.LayerNorm(hidden)
+        self.out_x = nn.Parameter(torch.zeros(hidden, hidden))
+        self.out_y = nn.Parameter(torch.zeros(hidden, hidden))
+        self.in_x = nn.Parameter(torch.zeros(hidden, hidden))
+        self.in_y = nn.Parameter(torch.zeros(hidden, hidden))
+
+    def bin_features(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, g*g, H) adapter tokens -> column features X and row features Y, each (N, n, H)."""
+        n_img, p, h = image_tokens.shape
+        g = math.isqrt(p)
+        grid = self.norm(image_tokens).reshape(n_img, g, g, h)  # (N, rows, cols, H)
+        m = bin_interpolation(self.num_bins, g).to(grid)  # (n, g)
+        cols, rows = grid.mean(1), grid.mean(2)  # (N, g, H) each
+        return torch.einsum("kg,ngh->nkh", m, cols), torch.einsum("kg,ngh->nkh", m, rows)
+
+    def input_embeddings(self, feats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = feats
+        return (x @ self.in_x.T + y @ self.in_y.T) * self.scale  # (B, n, H)
+
+    def logits(self, hidden: torch.Tensor, feats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """hidden (B, L, H) -> (B, L, n) pointer logits of the location bins."""
+        x, y = feats
+        keys = x @ self.out_x.T, y @ self.out_y.T  # (B, n, H) each
+        return (torch.einsum("blh,bnh->bln", hidden, keys[0]) + torch.einsum("blh,bnh->bln", hidden, keys[1])) * self.scale
+
+
+def first_image_per_row(input_ids: torch.Tensor, image_token_id: int, tokens_per_image: int) -> torch.Tensor:
+    """(B,) index into the batch's images of each row's first image; -1 for a row without one."""
+    per_row = (input_ids == image_token_id).sum(1) // max(1, tokens_per_image)  # (B,)
+    first = torch.cumsum(per_row, 0) - per_row
+    return torch.where(per_row > 0, first, torch.full_like(first, -1))
+
+
+# =================================================================================================
 # Merge
 # =================================================================================================
 
@@ -450,6 +525,9 @@ class OmniGroundPreTrainedModel(PreTrainedModel):
             init.normal_(module.queries, std=0.02)
         elif isinstance(module, SmallViT):
             init.normal_(module.position_embedding, std=0.02)
+        elif isinstance(module, LocationPointer):
+            for w in (module.out_x, module.out_y, module.in_x, module.in_y):
+                init.zeros_(w)
         if isinstance(module, (TimestampEmbedding, SmallAudioEncoder)):
             for name, value in module.fixed_buffers().items():
                 init.copy_(getattr(module, name), value)
@@ -483,6 +561,12 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             self.audio_encoder.hidden_size, *r, config.audio_num_queries, config.resampler_num_layers,
             config.resampler_num_heads,
         )
+        self.location_pointer = None
+        if config.location_pointer:
+            if config.num_location_bins <= 0:
+                raise ValueError("location_pointer needs num_location_bins > 0 (the <loc_k> tokens it ties)")
+            self.location_pointer = LocationPointer(hidden, config.num_location_bins)
+        self._pointer_feats = None  # (X, Y) of the current generate() batch, kept past the prefill step
         self._new_token_hooks: list = []
         self.post_init()
         # Sub-models passed in already built keep the attention implementation the config asks for
@@ -582,6 +666,12 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     if tid not in media and bool((input_ids == tid).any()):
                         raise ValueError(f"prompt has {name} placeholders but no {name} inputs were given")
             inputs_embeds = merge_media_embeddings(input_ids, inputs_embeds, media)
+            if self.location_pointer is not None:
+                return self._forward_pointer(
+                    input_ids, inputs_embeds, media.get(self.config.image_token_id), prefill,
+                    attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+                    labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
+                )
 
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2 and (
             past_key_values is None or past_key_values.get_seq_length() == 0
@@ -600,6 +690,64 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
+    def _forward_pointer(
+        self, input_ids, inputs_embeds, image_tokens, prefill, *, attention_mask, position_ids, past_key_values,
+        labels, use_cache, logits_to_keep, **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """The forward pass with `<loc_k>` tied to the image (config.location_pointer): see LocationPointer.
+
+        The bin features come from each row's first image; rows without an image get none. In cached
+        generation the media are dropped after prefill, so the features of that step are kept for the
+        following ones (`_pointer_feats`).
+        """
+        pointer, n, start = self.location_pointer, self.config.num_location_bins, self.config.loc_token_start_id
+        b, hdim = inputs_embeds.shape[0], inputs_embeds.shape[-1]
+        if prefill or self._pointer_feats is None or self._pointer_feats[0].shape[0] != b:
+            feats = None
+            if image_tokens is not None:
+                x, y = pointer.bin_features(image_tokens)  # (Ni, n, H)
+                row = first_image_per_row(input_ids, self.config.image_token_id, image_tokens.shape[1])
+                has = (row >= 0).to(x.dtype)[:, None, None]
+                idx = row.clamp_min(0)
+                feats = (x[idx] * has, y[idx] * has)  # (B, n, H)
+            if feats is None:
+                zeros = inputs_embeds.new_zeros(b, n, hdim)
+                feats = (zeros, zeros)
+            # kept for the decode steps (no graph: a training step must not hold on to the last one's)
+            self._pointer_feats = (feats[0].detach(), feats[1].detach()) if use_cache is not False else None
+        else:
+            feats = self._pointer_feats
+        feats = (feats[0].to(inputs_embeds.dtype), feats[1].to(inputs_embeds.dtype))
+
+        is_loc = (input_ids >= start) & (input_ids < start + n)  # (B, L)
+        if bool(is_loc.any()):
+            table = pointer.input_embeddings(feats)  # (B, n, H)
+            k = (input_ids - start).clamp(0, n - 1)
+            extra = torch.gather(table, 1, k[..., None].expand(-1, -1, hdim))  # (B, L, H)
+            inputs_embeds = inputs_embeds + extra * is_loc[..., None].to(extra.dtype)
+
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2 and prefill:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        out = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+        )
+        hidden = out.last_hidden_state  # (B, L, H)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        hidden = hidden[:, keep]
+        logits = self.get_output_embeddings()(hidden)  # (B, L', V)
+        loc_logits = logits[..., start : start + n] + pointer.logits(hidden, feats).to(logits.dtype)
+        logits = torch.cat([logits[..., :start], loc_logits, logits[..., start + n :]], dim=-1)
+        loss = None
+        if labels is not None:
+            loss = self.language_model.loss_function(
+                logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs
+            )
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=out.past_key_values,
+            hidden_states=getattr(out, "hidden_states", None), attentions=getattr(out, "attentions", None),
+        )
+
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         """Media only in the prefill step: afterwards the KV cache already holds them."""
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
@@ -610,7 +758,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
 
     # ---- what trains when: the one place that says it ----
     def adapter_modules(self) -> list[nn.Module]:
-        return [self.image_projector, self.video_resampler, self.audio_resampler]
+        extra = [self.location_pointer] if self.location_pointer is not None else []
+        return [self.image_projector, self.video_resampler, self.audio_resampler, *extra]
 
     def encoder_modules(self) -> list[nn.Module]:
         return [self.vision_tower, self.audio_encoder]
