@@ -1,4 +1,4 @@
-"""Does tying `<loc_k>` to the image (config.location_pointer) make REC learnable on CPU?
+"""Which change makes REC learnable on CPU: `<loc_k>` tied to the image (location_pointer) or centred image tokens?
 
     omniground data synth --out /tmp/ptr_data --split train --seed 11 --images 3000 --videos 0 --audios 0 \
         --stages 2 --image-size 64 --workers 1
@@ -6,12 +6,13 @@
         --stages 2 --image-size 64 --workers 1
     OMP_NUM_THREADS=1 python benchmarks/bench_location_learning.py --data /tmp/ptr_data --minutes 35
 
-Two tiny models (`build_tiny`, 32 location bins) start from the SAME random weights (same seed; the
-pointer's maps start at zero, so step 0 is identical) and train on the SAME batches of the synthetic
-REC samples in the same order, one step each in turn (so a time budget cuts both at the same step,
-and both see the same CPU load). Every `--eval-every` steps each answers the held-out REC prompts
-greedily through the public `chat_batch` path (answer text `[x1,y1,x2,y2]`), scored with
-`omniground.eval.metrics.rec_metrics`. Prints the two curves, writes them as JSON and a PNG figure.
+Tiny models (`build_tiny`, 32 location bins) -- `baseline`, `pointer` (location_pointer=True) and
+`centred` (center_image_tokens=True) -- start from the SAME random weights (same seed; the pointer's
+maps start at zero) and train on the SAME batches of the synthetic REC samples in the same order, one
+step each in turn (so a time budget cuts all at the same step, and all see the same CPU load). Every
+`--eval-every` steps each answers the held-out REC prompts greedily through the public `chat_batch`
+path (answer text `[x1,y1,x2,y2]`), scored with `omniground.eval.metrics.rec_metrics`. Prints the
+curves, writes them as JSON and a PNG figure. Measured figures: configs/omniground-tiny/README.md.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def main() -> None:
     ap.add_argument("--bins", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", default="baseline,pointer")
+    ap.add_argument("--variants", default="baseline,pointer,centred")
     ap.add_argument("--out", type=Path, default=Path("/tmp/ptr_bench"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -74,7 +75,8 @@ def main() -> None:
     runs = {}
     for name in variants:
         torch.manual_seed(args.seed)
-        og = build_tiny(num_location_bins=args.bins, location_pointer=(name == "pointer"))
+        og = build_tiny(num_location_bins=args.bins, location_pointer=(name == "pointer"),
+                        center_image_tokens=(name == "centred"))
         og.model.set_stage(2)
         og.model.train()
         opt = torch.optim.AdamW(og.model.parameter_groups(0.01), lr=args.lr, betas=(0.9, 0.98))

@@ -183,6 +183,18 @@ def test_box_goes_through_the_padded_square_and_back(og):
     assert parse(answer.text).boxes[0].xyxy == pytest.approx(box.xyxy, abs=1e-3)  # user text in the image's frame
 
 
+def test_centred_image_tokens_keep_only_what_differs_within_the_image():
+    """center_image_tokens: each image's tokens lose their mean (no constant prefix); off = the plain tokens."""
+    pixels = torch.randn(2, 3, 32, 32)
+    plain, centred = micro_model(), micro_model(center_image_tokens=True)
+    assert plain.model.config.center_image_tokens is False
+    with torch.no_grad():
+        a, b = plain.model.encode_images(pixels), centred.model.encode_images(pixels)
+    assert a.mean(1).abs().amax() > 1e-3  # the plain tokens have a common part (at init a small one)
+    torch.testing.assert_close(b.mean(1), torch.zeros_like(b.mean(1)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(b, a - a.mean(1, keepdim=True))  # same weights (same seed), only centred
+
+
 def test_video_features_depend_on_when_frames_were_taken(og):
     """Timestamp-aware: the same frames at other times (or in a longer clip) give other tokens."""
     v = video(n=4, seconds=6.0)

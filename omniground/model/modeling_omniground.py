@@ -100,6 +100,9 @@ class OmniGroundConfig(PreTrainedConfig):
     image_std: list | None = None
     vision_feature_layer: int = -2  # HF towers: penultimate layer, as LLaVA / the original
     image_pool: int = 1  # average-pool stride over the patch grid before the MLP adapter
+    # Subtract each image's mean adapter token: a from-scratch model otherwise learns one large constant
+    # image prefix that drowns what differs between images (measured: configs/omniground-tiny/README.md).
+    center_image_tokens: bool = False
     # video branch
     num_video_frames: int = 8
     video_frame_pool: int = 2  # pool stride over each frame's patch grid before the resampler
@@ -592,7 +595,10 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(Ni, 3, S, S) -> (Ni, K_image, H)."""
         patches = self.vision_tower(pixel_values.to(self.vision_dtype))  # (Ni, P, Dv)
-        return self.image_projector(pool_patch_grid(patches, self.config.image_pool))
+        tokens = self.image_projector(pool_patch_grid(patches, self.config.image_pool))
+        if self.config.center_image_tokens:
+            tokens = tokens - tokens.mean(1, keepdim=True)
+        return tokens
 
     def encode_videos(self, frames, frame_mask, timestamps, durations) -> torch.Tensor:
         """frames (Nv, F, 3, S, S), frame_mask (Nv, F), timestamps (Nv, F) s, durations (Nv,) -> (Nv, Q_video, H)."""
