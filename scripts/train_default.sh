@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 RUN=runs/omniground-tiny
 DATA=runs/data/synth
+# the code it is trained from, taken now (the install below rewrites the tracked checkpoint files)
+COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
 
 [ -f $DATA/train.jsonl ] || scripts/make_default_data.sh $DATA
 
@@ -37,7 +39,7 @@ DEST=omniground/checkpoints/omniground-tiny
 rm -rf $DEST && mkdir -p $DEST
 cp $RUN/stage3/model/* $DEST/
 {
-    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "commit: $COMMIT"
     echo "data: scripts/make_default_data.sh (train seed 0, val seed 1, test/unseen seed 2)"
     echo "configs: configs/omniground-tiny/stage{1,2,2b,3}.yaml"
 } > $DEST/TRAINED_FROM.txt
