@@ -652,6 +652,10 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
+        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2 and prefill:
+            # left padding: positions count real tokens only (generate makes these itself when decoding)
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, H)
             media: dict[int, torch.Tensor] = {}
@@ -665,7 +669,6 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 media[self.config.audio_token_id] = self.encode_audios(
                     audio_features, audio_window_mask, audio_starts, audio_durations
                 )
-            prefill = past_key_values is None or past_key_values.get_seq_length() == 0
             if prefill:
                 for name, tid in (("image", self.config.image_token_id), ("video", self.config.video_token_id),
                                   ("audio", self.config.audio_token_id)):
@@ -678,12 +681,6 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
                     labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
                 )
-
-        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2 and (
-            past_key_values is None or past_key_values.get_seq_length() == 0
-        ):
-            # left padding: positions count real tokens only (generate makes these itself when decoding)
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
         return self.language_model(
             inputs_embeds=inputs_embeds,
@@ -709,14 +706,13 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         pointer, n, start = self.location_pointer, self.config.num_location_bins, self.config.loc_token_start_id
         b, hdim = inputs_embeds.shape[0], inputs_embeds.shape[-1]
         if prefill or self._pointer_feats is None or self._pointer_feats[0].shape[0] != b:
-            feats = None
             if image_tokens is not None:
                 x, y = pointer.bin_features(image_tokens)  # (Ni, n, H)
                 row = first_image_per_row(input_ids, self.config.image_token_id, image_tokens.shape[1])
                 has = (row >= 0).to(x.dtype)[:, None, None]
                 idx = row.clamp_min(0)
                 feats = (x[idx] * has, y[idx] * has)  # (B, n, H)
-            if feats is None:
+            else:
                 zeros = inputs_embeds.new_zeros(b, n, hdim)
                 feats = (zeros, zeros)
             # kept for the decode steps (no graph: a training step must not hold on to the last one's)
@@ -732,8 +728,6 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             extra = torch.gather(table, 1, k[..., None].expand(-1, -1, hdim))  # (B, L, H)
             inputs_embeds = inputs_embeds + extra * is_loc[..., None].to(extra.dtype)
 
-        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2 and prefill:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         out = self.language_model.get_decoder()(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, use_cache=use_cache, **kwargs,
