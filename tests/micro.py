@@ -1,7 +1,11 @@
-"""The micro model the model, serving and evaluation tests build: every branch present, each a few layers wide."""
+"""The micro model the model, serving and evaluation tests build (every branch present, each a few layers
+wide), and the decoded media and chat turns they feed it."""
 
+import numpy as np
 import torch
+from PIL import Image
 
+from omniground.media import Audio, VideoFrames, VideoInfo
 from omniground.model import OmniGround, build_model, tiny_config
 from omniground.model.tokenizer import build_tiny_tokenizer
 
@@ -22,3 +26,22 @@ def micro_model(num_location_bins: int = 16, text: dict | None = None, **kw) -> 
     torch.manual_seed(0)
     config = {**MICRO, **kw, "text": {**MICRO["text"], **(text or {})}}
     return build_model(tiny_config(**config), build_tiny_tokenizer(), num_location_bins)
+
+
+def image(seed=0, w=48, h=32) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def video(n=4, seconds=6.0, seed=0) -> VideoFrames:
+    """n random 40x24 frames at the centres of n equal slices of `seconds`."""
+    frames = np.random.default_rng(seed).integers(0, 255, (n, 24, 40, 3), dtype=np.uint8)
+    return VideoFrames(frames, (np.arange(n) + 0.5) * seconds / n, VideoInfo(seconds, n / seconds, 40, 24, n, False))
+
+
+def audio(seconds=2.5, seed=0) -> Audio:
+    samples = np.random.default_rng(seed).standard_normal(int(16000 * seconds)).astype(np.float32) * 0.1
+    return Audio(samples, 16000, seconds)
+
+
+def turn(user, answer) -> list[dict]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]

@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 from fake_chat_server import FakeChatServer
+from media_files import write_video
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -162,7 +163,6 @@ def test_one_output_folder_holds_one_system(tmp_path, serve):
 
 
 def test_temporal_benchmark_scores_against_the_best_matching_window(tmp_path, serve):
-    import av
     import numpy as np
 
     lines = [
@@ -175,12 +175,7 @@ def test_temporal_benchmark_scores_against_the_best_matching_window(tmp_path, se
     videos = tmp_path / "videos"
     videos.mkdir()
     for vid in ("vidA_0.0_126.0", "vidB_0.0_150.0"):  # stand-ins: the annotation's duration is the one used
-        with av.open(str(videos / f"{vid}.mp4"), "w") as out:
-            st = out.add_stream("mpeg4", rate=2)
-            st.width = st.height = 16
-            st.pix_fmt = "yuv420p"
-            out.mux(st.encode(av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")))
-            out.mux(st.encode())
+        write_video(videos / f"{vid}.mp4", np.zeros((1, 16, 16, 3), np.uint8), 2)
     # query 1: the second window in seconds (IoU 1 with it, 0 with the first); query 2: 45-60 s of 30-60 s (IoU 0.5)
     server = serve(lambda body: "from 80.0s to 84.0s" if "basketball" in _text(body) else "between 45 s and 60 s.")
     out = tmp_path / "run"

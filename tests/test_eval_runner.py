@@ -2,12 +2,12 @@
 predictions, metrics by group, baselines, report files, and `eval compare`."""
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fake_chat_server import FakeChatServer
+from media_files import write_wav
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,9 +21,7 @@ W, H = 200, 100
 
 def make_benchmark(root: Path) -> list[Sample]:
     Image.new("RGB", (W, H), "white").save(root / "img.png")
-    with wave.open(str(root / "clip.wav"), "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
-        w.writeframes((np.sin(np.arange(16000 * 4) / 5) * 8000).astype(np.int16).tobytes())
+    write_wav(root / "clip.wav", (np.sin(np.arange(16000 * 4) / 5) * 8000).astype(np.int16))
     samples = []
     for i in range(4):  # REC: target box [0.1,0.2,0.5,0.6] = pixels (20,20,100,60)
         samples.append(Sample(

@@ -2,11 +2,10 @@
 write in the public layouts; and the `convert` command's summary and errors."""
 
 import json
-import wave
 
-import av
 import numpy as np
 import pytest
+from media_files import ramp_video, write_wav
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -29,21 +28,7 @@ def _image(path, w, h):
 
 
 def _wav(path, seconds, rate=16000):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
-        w.writeframes((np.sin(np.arange(int(rate * seconds)) / 7) * 6000).astype(np.int16).tobytes())
-
-
-def _video(path, seconds, fps=10, size=32):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(int(seconds * fps)):
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((size, size, 3), i, np.uint8), format="rgb24")))
-        out.mux(stream.encode())
+    write_wav(path, (np.sin(np.arange(int(rate * seconds)) / 7) * 6000).astype(np.int16), rate)
 
 
 def _turns(*pairs):
@@ -77,7 +62,7 @@ def _groundinggpt_release(tmp_path):
     js.write_text(json.dumps(records))
     media = tmp_path / "data"
     _image(media / "coco" / "wide.jpg", 200, 100)
-    _video(media / "charades" / "AO8RW.mp4", 4.0)
+    ramp_video(media / "charades" / "AO8RW.mp4", 4.0)
     _image(media / "vggss" / "frame.jpg", 100, 100)
     _wav(media / "vggss" / "clip.wav", 2.0)
     _wav(media / "clotho" / "rain.wav", 3.0)

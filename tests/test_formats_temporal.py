@@ -2,9 +2,8 @@
 
 import json
 
-import av
-import numpy as np
 import pytest
+from media_files import ramp_video
 
 from omniground.data.formats import convert
 from omniground.data.formats.didemo import consensus
@@ -17,19 +16,6 @@ def _read(path):
     samples = list(read_jsonl(path, bad))
     assert bad == []
     return samples
-
-
-def _video(path, seconds, fps=10, size=32):
-    """A real (tiny) mp4 so that durations are probed from the file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(int(seconds * fps)):
-            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), i % 255, np.uint8), format="rgb24")
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode())
 
 
 def _answer_span(sample):
@@ -53,7 +39,7 @@ def test_charades_sta_durations_clipping_and_bad_lines(tmp_path):
                    "AO8RW,s1,Kitchen,6,7,Yes,x,book,x,c001 0.0 6.9,30.0\n"
                    "Y6R7T,s2,Bedroom,6,7,Yes,x,sandwich,x,,99.0\n")
     media = tmp_path / "Charades_v1_480"
-    _video(media / "Y6R7T.mp4", 8.0)  # the file's duration (8 s) beats the csv's 99 s
+    ramp_video(media / "Y6R7T.mp4", 8.0)  # the file's duration (8 s) beats the csv's 99 s
     out = tmp_path / "charades.jsonl"
     report = convert("charades-sta", [txt], media, out, durations=csv)
     samples = {s.id: s for s in _read(out)}
@@ -88,7 +74,7 @@ def test_didemo_segments_to_seconds(tmp_path):
     js = tmp_path / "val_data.json"
     js.write_text(json.dumps(data))
     media = tmp_path / "videos"
-    _video(media / "short.mp4", 27.0, fps=5)
+    ramp_video(media / "short.mp4", 27.0, fps=5)
     out = tmp_path / "didemo.jsonl"
     report = convert("didemo", [js], media, out)
     samples = {s.id: s for s in _read(out)}

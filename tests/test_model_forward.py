@@ -1,43 +1,22 @@
 """The model's training side on micro configs: forward + backward per modality, loss masked on the
 prompt, what trains at each stage, save -> load round trip, and Sample -> training example -> batch."""
 
-import wave
 
-import av
 import numpy as np
 import pytest
 import torch
-from micro import micro_model
+from media_files import write_video, write_wav
+from micro import audio, image, micro_model, turn, video
 from PIL import Image
 
 from omniground.data.schema import Sample
 from omniground.grounding import parse
-from omniground.media import Audio, VideoFrames, VideoInfo
 from omniground.model import IGNORE_INDEX, OmniGround
 
 
 @pytest.fixture(scope="module")
 def og():
     return micro_model()
-
-
-def image(w=48, h=32, seed=0):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
-def video(n=4, seconds=6.0, seed=0):
-    frames = np.random.default_rng(seed).integers(0, 255, (n, 24, 40, 3), dtype=np.uint8)
-    times = (np.arange(n) + 0.5) * seconds / n
-    return VideoFrames(frames, times, VideoInfo(seconds, n / seconds, 40, 24, n, False))
-
-
-def audio(seconds=2.5, seed=0):
-    samples = np.random.default_rng(seed).standard_normal(int(16000 * seconds)).astype(np.float32) * 0.1
-    return Audio(samples, 16000, seconds)
-
-
-def turn(user, answer):
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
 BATCHES = {
@@ -174,7 +153,7 @@ def test_box_goes_through_the_padded_square_and_back(og):
     wide = (120, 60)  # padded to 120x120: y is squeezed into [0.25, 0.75]; 16 bins -> round(v * 15)
     text = og.processor.to_model_text("the cat[0.100,0.200,0.500,0.600] at {0.20,0.40}", wide, duration=10.0)
     assert text == "the cat<|box|><loc_2><loc_5><loc_8><loc_8> at <|span|><loc_3><loc_6>"
-    meta = og.processor.encode([{"role": "user", "content": "<image>"}], [image(*wide)]).meta
+    meta = og.processor.encode([{"role": "user", "content": "<image>"}], [image(w=wide[0], h=wide[1])]).meta
     answer = og.processor.post_process_grounding(og.processor.render_location_tokens(text), meta)
     (box,) = answer.boxes
     half_bin = 0.5 / 15
@@ -222,15 +201,9 @@ def test_audio_windows_cover_the_whole_clip(og):
 
 def _write_media(root):
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 80, 3), dtype=np.uint8)).save(root / "wide.png")
-    with av.open(str(root / "clip.mp4"), "w") as out:
-        stream = out.add_stream("libx264", rate=4)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for k in range(8):  # 2 s
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 30 * k, np.uint8), format="rgb24")))
-        out.mux(stream.encode(None))
-    with wave.open(str(root / "beep.wav"), "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
-        w.writeframes((np.sin(np.arange(16000 * 3) / 5) * 8000).astype(np.int16).tobytes())
+    levels = 30 * np.arange(8, dtype=np.uint8)  # 8 frames at 4 fps: 2 s
+    write_video(root / "clip.mp4", np.broadcast_to(levels[:, None, None, None], (8, 32, 32, 3)), 4, codec="libx264")
+    write_wav(root / "beep.wav", (np.sin(np.arange(16000 * 3) / 5) * 8000).astype(np.int16))
 
 
 def test_training_examples_from_schema_samples_and_their_batch(og, tmp_path):

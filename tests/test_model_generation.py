@@ -1,15 +1,12 @@
 """Generation on micro models: KV cache == no cache, encoders run once per request, left-padded batches
 answer as single requests do, sampling/stop strings/streaming, answer scores, and `load` errors."""
 
-import numpy as np
 import pytest
 import torch
-from micro import micro_model
-from PIL import Image
+from micro import audio, image, micro_model, video
 
 import omniground
 from omniground.errors import UserError
-from omniground.media import Audio, VideoFrames, VideoInfo
 from omniground.model import OmniGround
 from omniground.model import api as model_api
 
@@ -19,20 +16,6 @@ def og() -> OmniGround:
     og = micro_model(text=dict(initializer_range=0.3))  # a peaked random LM: varied answers to compare
     og.model.eval()
     return og
-
-
-def image(seed=0, w=40, h=30):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
-def video(n=4, seconds=6.0, seed=0):
-    frames = np.random.default_rng(seed).integers(0, 255, (n, 24, 40, 3), dtype=np.uint8)
-    return VideoFrames(frames, (np.arange(n) + 0.5) * seconds / n, VideoInfo(seconds, n / seconds, 40, 24, n, False))
-
-
-def audio(seconds=2.5, seed=0):
-    return Audio(np.random.default_rng(seed).standard_normal(int(16000 * seconds)).astype(np.float32) * 0.1, 16000,
-                 seconds)
 
 
 def user(text):

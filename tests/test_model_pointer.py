@@ -1,22 +1,11 @@
 """`location_pointer`: `<loc_k>` tokens tied to the image's patch columns/rows (micro configs, seconds)."""
 
-import numpy as np
 import pytest
 import torch
-from micro import micro_model
-from PIL import Image
+from micro import image, micro_model, turn
 
 from omniground.model import OmniGround
 from omniground.model.modeling_omniground import LocationPointer, bin_interpolation, first_image_per_row
-
-
-def image(seed=0, w=48, h=32):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
-def turn(user, answer):
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
-
 
 CONVS = [turn("<image>\nWhere is the cat?", "the cat[0.100,0.200,0.500,0.600]"),
          turn("Say hi.", "hi"),

@@ -2,10 +2,10 @@
 batches, its answers are exactly what the Python API says, and the run is scored and reported."""
 
 import json
-import wave
 
 import numpy as np
 import pytest
+from media_files import write_wav
 from micro import micro_model
 from PIL import Image
 from typer.testing import CliRunner
@@ -31,9 +31,7 @@ def bench(tmp_path_factory):
                           {"role": "assistant", "content": "the cat[0.100,0.200,0.500,0.600]"}],
             boxes=[{"phrase": "the cat", "box": [0.1, 0.2, 0.5, 0.6]}], task="rec", stage=2, source="test",
             license="CC0-1.0", split="test"))
-    with wave.open(str(root / "clip.wav"), "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
-        w.writeframes((np.sin(np.arange(16000 * 3) / 5) * 8000).astype(np.int16).tobytes())
+    write_wav(root / "clip.wav", (np.sin(np.arange(16000 * 3) / 5) * 8000).astype(np.int16))
     samples.append(Sample(
         id="aud0", media=[{"type": "audio", "path": "clip.wav", "duration": 3.0}],
         conversation=[{"role": "user", "content": "<audio>\nWhen does the bell ring?"},

@@ -10,10 +10,11 @@ import re
 import httpx
 import openai
 import pytest
+from media_files import ramp_video
+from test_serve_support import ScriptedOmniGround, data_url, png_bytes, running_server, wav_bytes
 
 from omniground.grounding import Box
 from omniground.serve import ServeSettings, create_app
-from test_serve_support import ScriptedOmniGround, data_url, png_bytes, running_server, wav_bytes, write_mp4
 
 ANSWER = "the red square [0.250,0.250,0.750,0.750] is here"
 KEY = "sk-test-omniground"
@@ -120,7 +121,7 @@ def test_concurrent_requests_share_forward_passes_and_keep_their_own_limits(serv
 
 def test_video_and_audio_answers_carry_spans_in_seconds(tmp_path):
     og = ScriptedOmniGround("the bell rings {0.25,0.75}")
-    video = write_mp4(tmp_path / "clip.mp4", seconds=2.0)
+    video = ramp_video(tmp_path / "clip.mp4", seconds=2.0)
     with running_server(create_app(og, ServeSettings(model_name="tiny"))) as url:
         c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
         parts = [

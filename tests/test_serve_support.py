@@ -13,12 +13,10 @@ import io
 import socket
 import threading
 import time
-import wave
-from pathlib import Path
 
-import av
 import numpy as np
 import torch
+from media_files import write_wav
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -113,25 +111,8 @@ def data_url(data: bytes, mime: str) -> str:
 
 def wav_bytes(seconds: float = 2.0, rate: int = 16000) -> bytes:
     t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
     buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.tobytes())
+    write_wav(buf, (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16), rate)
     return buf.getvalue()
 
 
-def write_mp4(path: Path, seconds: float = 2.0, fps: int = 10, size: int = 32) -> Path:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(int(seconds * fps)):
-            frame = np.full((size, size, 3), (i * 12) % 255, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from media_files import write_video, write_wav
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -59,9 +59,7 @@ def _audio_sample(root: Path, i: int) -> Sample:
     x = 0.01 * np.random.default_rng(i).standard_normal(t.shape)
     x[(t >= start) & (t < end)] += 0.5 * np.sin(2 * np.pi * 880 * t[(t >= start) & (t < end)])
     path = root / "media" / f"aud{i}.wav"
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1), f.setsampwidth(2), f.setframerate(sr)
-        f.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    write_wav(path, (np.clip(x, -1, 1) * 32767).astype(np.int16), sr)
     span = Span.from_seconds(start, end, seconds)
     return Sample(
         id=f"aud{i}", media=[Media(type="audio", path=f"media/{path.name}", duration=seconds)],
@@ -73,22 +71,13 @@ def _audio_sample(root: Path, i: int) -> Sample:
 
 
 def _video_sample(root: Path, i: int) -> Sample:
-    import av
 
     fps, n = 4, 8
     path = root / "media" / f"vid{i}.mp4"
     on = (2 + i % 3, 5 + i % 3)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for k in range(n):
-            frame = np.full((32, 32, 3), 20, np.uint8)
-            if on[0] <= k < on[1]:
-                frame[8:24, 8:24] = 230
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    frames = np.full((n, 32, 32, 3), 20, np.uint8)
+    frames[on[0] : on[1], 8:24, 8:24] = 230
+    write_video(path, frames, fps)
     duration = n / fps
     span = Span.from_seconds(on[0] / fps, on[1] / fps, duration)
     return Sample(
