@@ -11,51 +11,16 @@ encoders, generation and parsing. Media are made here: a 64x48 image, a 30 s 160
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import tempfile
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import make_media, rss_high_water_mb
 
 TARGETS_MS = {"image": 150, "video": 1500, "audio": 500}
-
-
-def make_media(folder: Path) -> dict[str, Path]:
-    import av
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    image = folder / "scene.png"
-    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(image)
-
-    video = folder / "clip.mp4"
-    with av.open(str(video), "w") as out:
-        stream = out.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
-        for k in range(300):
-            frame = np.full((120, 160, 3), 30, np.uint8)
-            frame[40:80, (k % 120) : (k % 120) + 40] = 220
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-
-    audio = folder / "sound.wav"
-    sr = 16000
-    t = np.arange(30 * sr) / sr
-    x = 0.05 * rng.standard_normal(t.shape) + 0.3 * np.sin(2 * np.pi * 660 * t) * ((t > 12) & (t < 15))
-    with wave.open(str(audio), "wb") as f:
-        f.setnchannels(1), f.setsampwidth(2), f.setframerate(sr)
-        f.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
-    return {"image": image, "video": video, "audio": audio}
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -74,10 +39,10 @@ def main() -> None:
     og = omniground.load(args.model)
     print(f"model {args.model}: loaded in {(time.perf_counter() - t0) * 1000:.0f} ms, "
           f"{sum(p.numel() for p in og.model.parameters()) / 1e6:.1f}M params, {args.threads} thread(s); "
-          f"peak RSS after load {peak_rss_mb():.0f} MB")
+          f"peak RSS after load {rss_high_water_mb():.0f} MB")
     phrases = {"image": "the red square", "video": "the white box moves to the right", "audio": "a beep"}
     with tempfile.TemporaryDirectory() as tmp:
-        media = make_media(Path(tmp))
+        media = make_media(Path(tmp), image_size=(64, 48), video_size=(160, 120), video_seconds=30)
         for kind in ("image", "video", "audio"):
             calls = max(3, args.calls // 4) if kind == "video" else args.calls
             og.ground(media[kind], phrases[kind], max_new_tokens=args.max_new_tokens)  # warm-up
@@ -89,7 +54,7 @@ def main() -> None:
             med = statistics.median(times)
             ok = "meets" if med <= TARGETS_MS[kind] else "MISSES"
             print(f"{kind:5s}: median {med:7.1f} ms  p90 {np.percentile(times, 90):7.1f} ms over {calls} calls  "
-                  f"({ok} target {TARGETS_MS[kind]} ms)  peak RSS {peak_rss_mb():.0f} MB")
+                  f"({ok} target {TARGETS_MS[kind]} ms)  peak RSS {rss_high_water_mb():.0f} MB")
 
 
 if __name__ == "__main__":

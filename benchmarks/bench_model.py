@@ -15,60 +15,12 @@ import argparse
 import statistics
 import tempfile
 import time
-import wave
 from pathlib import Path
 
-import numpy as np
 import torch
+from common import current_rss_mb, make_media, reset_high_water, rss_high_water_mb
 
 DECODE_RATIO_TARGET = 1.2
-
-
-def make_media(folder: Path) -> dict[str, Path]:
-    import av
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    image = folder / "scene.png"
-    Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(image)
-    video = folder / "clip.mp4"
-    with av.open(str(video), "w") as out:
-        stream = out.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        for k in range(100):
-            frame = np.full((240, 320, 3), 30, np.uint8)
-            frame[80:160, 2 * k : 2 * k + 80] = 220
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        out.mux(stream.encode(None))
-    audio = folder / "sound.wav"
-    with wave.open(str(audio), "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
-        w.writeframes((rng.standard_normal(30 * 16000) * 3000).astype(np.int16).tobytes())
-    return {"image": image, "video": video, "audio": audio}
-
-
-def rss_high_water_mb() -> float:
-    """Peak resident memory of this process since the last `reset_high_water()` (Linux VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_high_water() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
 
 
 class TokenClock:
@@ -121,7 +73,7 @@ def main() -> None:
     print(f"model: tiny_config, {params:.1f} M parameters, {args.threads} thread(s), torch {torch.__version__}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        media = make_media(Path(tmp))
+        media = make_media(Path(tmp), image_size=(640, 480), video_size=(320, 240), video_seconds=10)
         print("\n1. decode latency per token vs video frames (10 s clip)")
         videos = {n: sample_frames(media["video"], n) for n in (8, 64)}
         for use_cache in (True, False):
