@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.markup import escape
 
 from omniground.errors import UserError
 from omniground.media.errors import MediaError
+
+if TYPE_CHECKING:
+    from omniground.model.processing_omniground import RequestMeta
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -100,10 +103,12 @@ def ground(
     og = _load(model, device)
     kind, item, meta = _read_media(media, og)
     prompt = og.processor.grounding_prompt(kind, query)
-    answer = run_batch(og, [Row([{"role": "user", "content": prompt}], [item], meta, max_tokens)])[0]
+    prefix = og.processor.grounding_answer_prefix(kind, query)
+    row = Row([{"role": "user", "content": prompt}], [item], meta, max_tokens, answer_prefix=prefix)
+    answer = run_batch(og, [row])[0]
     # A grounding query names its own phrase.
-    answer.boxes = [b if b.phrase else b.with_phrase(query) for b in answer.boxes]
-    answer.spans = [s if s.phrase else s.with_phrase(query) for s in answer.spans]
+    answer.boxes = [b.with_phrase(query) for b in answer.boxes]
+    answer.spans = [s.with_phrase(query) for s in answer.spans]
     g = grounding_json(answer)
     if save_viz is not None:
         _save_viz(save_viz, kind, item, answer, title=f"{media.name}: {query}")

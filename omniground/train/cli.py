@@ -21,13 +21,12 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output_dir."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set max_steps=10 (YAML value)."),
 ) -> None:
-    """Train one stage (alignment, grounding or instruction tuning) as its config says."""
+    """Train one stage (0 encoder pre-training, 1 alignment, 2 grounding, 3 instruction tuning) as its config says."""
     import yaml
 
     from omniground.errors import UserError
     from omniground.media.errors import MediaError
-    from omniground.train.config import load_config
-    from omniground.train.trainer import train as run
+    from omniground.train.config import EncoderConfig, load_config
 
     try:
         overrides = {}
@@ -36,7 +35,18 @@ def train(
             if not sep or not key:
                 raise UserError(f"--set takes KEY=VALUE, got {item!r}")
             overrides[key] = yaml.safe_load(value)
-        run(load_config(config, overrides), resume=resume)
+        cfg = load_config(config, overrides)
+        if isinstance(cfg, EncoderConfig):  # stage 0: short, restarts rather than resumes
+            from omniground.train.encoders import pretrain_encoders
+
+            if resume and (cfg.output_dir / "metrics.json").is_file() and (cfg.model_dir / "config.json").is_file():
+                err_console.print(f"stage 0 already complete: {cfg.model_dir}")
+            else:
+                pretrain_encoders(cfg)
+        else:
+            from omniground.train.trainer import train as run
+
+            run(cfg, resume=resume)
     except (UserError, MediaError) as e:
         err_console.print(f"[red]omniground train: {e}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

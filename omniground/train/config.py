@@ -106,8 +106,38 @@ class TrainConfig(BaseModel):
         return self.output_dir / "checkpoints"
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read and validate a stage YAML; `overrides` (dotted keys allowed: `model.tiny`) win over the file."""
+class EncoderConfig(BaseModel):
+    """Stage 0 (omniground.train.encoders): the from-scratch encoders pre-trained on dense synthetic labels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Literal[0]
+    output_dir: Path
+    model: ModelInit
+    train_data: list[DataSource] = Field(min_length=1)
+    eval_data: list[DataSource] = Field(default_factory=list)
+    modalities: list[Literal["image", "audio"]] = ["image", "audio"]
+    batch_size: int = Field(default=64, gt=0)
+    max_steps: int = Field(gt=0)  # per modality
+    lr: float = Field(default=1e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    num_threads: int | None = Field(default=None, gt=0)
+    log_every: int = Field(default=10, gt=0)
+    freeze_after: bool = True  # the saved model's encoders stay frozen in stages 1-3 (train_encoders=False)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.output_dir / "model"
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig | EncoderConfig:
+    """Read and validate a stage YAML; `overrides` (dotted keys allowed: `model.tiny`) win over the file.
+
+    `stage: 0` gives an EncoderConfig (encoder pre-training), stages 1-3 a TrainConfig.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -124,7 +154,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
             node = node.setdefault(p, {})
         node[leaf] = value
     try:
-        return TrainConfig.model_validate(raw)
+        return (EncoderConfig if raw.get("stage") == 0 else TrainConfig).model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err.get("loc", ()))

@@ -36,7 +36,7 @@ def plot_stages(path: Path, stages: list[tuple[str, list[dict], list[dict]]], ti
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     offset = 0
@@ -57,7 +57,11 @@ def plot_stages(path: Path, stages: list[tuple[str, list[dict], list[dict]]], ti
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    lo, hi = ax.get_ylim()
+    if hi / max(lo, 1e-12) < 10:  # within one decade the minor ticks need labels; across several they overlap
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)

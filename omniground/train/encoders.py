@@ -1,0 +1,382 @@
+"""Stage 0: pre-train the from-scratch encoders on the generator's exact dense labels.
+
+Why: trained only through the LM, the tiny model's from-scratch vision and audio encoders collapse to
+media-independent output (measured in configs/omniground-tiny/README.md), so the LM never learns
+*where*. The field's models start from pretrained encoders (CLIP, Whisper); none ships offline
+(offline-assets.md), so we pre-train ours here, on labels the synthetic data knows exactly:
+  image: for every patch, which object covers it (or background), that object's colour and box
+         (FCOS-style: every covered patch regresses its object's box) -- so patch features carry what
+         is where, and the LM only has to pick the patch the phrase names and read its box off;
+  audio: for every encoder frame (20 ms), which sounds / spoken phrases are on.
+Video frames go through the same vision tower, so they inherit the image pre-training.
+
+The heads are thrown away; the output is a whole omniground checkpoint (encoders pre-trained,
+everything else as built) that stage 1 starts from. Run by `omniground train` with `stage: 0`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import nn
+
+from omniground.data.synth import assets
+from omniground.train.config import EncoderConfig
+from omniground.train.data import TrainItem, load_sources
+
+OBJECT_NAMES = [o.name for o in assets.OBJECTS]
+COLOUR_NAMES = ["natural", *assets.COLOURS]  # "natural": the glyph's own colours
+
+
+# --------------------------------------------------------------------------------------------------
+# Dense targets from the generator's metadata
+
+
+def patch_targets(scene: dict, grid: int, pad_to_square: bool = True) -> dict[str, np.ndarray]:
+    """Scene metadata -> per-patch targets in the model's square frame (the processor's padding).
+
+    Returns `category` (g*g,) 0 = background, 1 + index into OBJECT_NAMES; `colour` (g*g,) index into
+    COLOUR_NAMES (-1 on background); `box` (g*g, 4) the covering object's x1,y1,x2,y2 in [0,1].
+    The covering object of a patch is the front-most one whose box holds the patch centre.
+    """
+    w, h = scene["width"], scene["height"]
+    side = max(w, h) if pad_to_square else None
+    category = np.zeros(grid * grid, np.int64)
+    colour = np.full(grid * grid, -1, np.int64)
+    box = np.zeros((grid * grid, 4), np.float32)
+    centres = (np.arange(grid) + 0.5) / grid  # patch centres, normalised
+    for obj in scene["objects"]:  # back to front: later objects overwrite
+        x1, y1, x2, y2 = obj["box"]
+        if side is not None:
+            ox, oy = (side - w) // 2, (side - h) // 2
+            b = np.array([(x1 + ox) / side, (y1 + oy) / side, (x2 + ox) / side, (y2 + oy) / side], np.float32)
+        else:
+            b = np.array([x1 / w, y1 / h, x2 / w, y2 / h], np.float32)
+        cols = (centres >= b[0]) & (centres <= b[2])
+        rows = (centres >= b[1]) & (centres <= b[3])
+        cover = (rows[:, None] & cols[None, :]).reshape(-1)
+        if not cover.any():  # smaller than a patch: the patch holding its centre
+            c = min(int((b[0] + b[2]) / 2 * grid), grid - 1) + grid * min(int((b[1] + b[3]) / 2 * grid), grid - 1)
+            cover = np.zeros(grid * grid, bool)
+            cover[c] = True
+        category[cover] = 1 + OBJECT_NAMES.index(obj["name"])
+        colour[cover] = COLOUR_NAMES.index(obj["colour"] or "natural")
+        box[cover] = b
+    return {"category": category, "colour": colour, "box": box}
+
+
+def audio_label_key(event: dict) -> str:
+    return f"{event['kind']}:{event['label']}"
+
+
+def frame_targets(
+    events: list[dict], starts: np.ndarray, frames: int, seconds_per_frame: float, vocab: dict[str, int]
+) -> np.ndarray:
+    """Events (start/end seconds) -> multi-hot (W, frames, len(vocab)): what is on at each frame's centre."""
+    t = starts[:, None] + (np.arange(frames) + 0.5) * seconds_per_frame  # (W, frames)
+    out = np.zeros((*t.shape, len(vocab)), np.float32)
+    for e in events:
+        k = vocab.get(audio_label_key(e))
+        if k is not None:
+            out[..., k] = np.maximum(out[..., k], (t >= e["start"]) & (t <= e["end"]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Heads (discarded after pre-training)
+
+
+class ImageHeads(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.category = nn.Linear(dim, 1 + len(OBJECT_NAMES))
+        self.colour = nn.Linear(dim, len(COLOUR_NAMES))
+        self.box = nn.Linear(dim, 4)
+
+    def loss(self, patches: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """patches (B, P, D); targets as `patch_targets`, batched."""
+        cat_logits = self.category(patches)
+        loss_cat = F.cross_entropy(cat_logits.flatten(0, 1), t["category"].flatten())
+        on = t["category"] > 0  # (B, P)
+        loss_col = F.cross_entropy(self.colour(patches)[on], t["colour"][on]) if on.any() else patches.sum() * 0
+        loss_box = F.l1_loss(torch.sigmoid(self.box(patches))[on], t["box"][on]) if on.any() else patches.sum() * 0
+        with torch.no_grad():
+            hit = (cat_logits.argmax(-1) == t["category"])[on].float().mean().item() if on.any() else 0.0
+        return loss_cat + loss_col + 5.0 * loss_box, {"object_patch_acc": hit, "box_l1": loss_box.item()}
+
+
+class AudioHeads(nn.Module):
+    def __init__(self, dim: int, num_labels: int):
+        super().__init__()
+        self.labels = nn.Linear(dim, num_labels)
+
+    def loss(self, frames: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """frames (B, T, D); target multi-hot (B, T, K)."""
+        logits = self.labels(frames)
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        with torch.no_grad():
+            on = target > 0
+            recall = ((logits > 0) & on).sum().item() / max(1, int(on.sum()))
+            prec = ((logits > 0) & on).sum().item() / max(1, int((logits > 0).sum()))
+        return loss, {"frame_recall": recall, "frame_precision": prec}
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class ImageSet:
+    pixels: torch.Tensor  # (N, 3, S, S)
+    targets: dict[str, torch.Tensor]  # category (N, P), colour (N, P), box (N, P, 4)
+
+    def batch(self, idx: list[int], flip: list[bool]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        px = self.pixels[idx].clone()
+        t = {k: v[idx].clone() for k, v in self.targets.items()}
+        g = math.isqrt(t["category"].shape[1])
+        f = torch.tensor(flip)
+        if f.any():  # mirror: pixels, the patch grid, and the boxes' x
+            px[f] = px[f].flip(-1)
+            for k in ("category", "colour"):
+                t[k][f] = t[k][f].view(-1, g, g).flip(-1).reshape(-1, g * g)
+            b = t["box"][f].view(-1, g, g, 4).flip(2).reshape(-1, g * g, 4)
+            mirrored = torch.stack([1 - b[..., 2], b[..., 1], 1 - b[..., 0], b[..., 3]], -1)
+            t["box"][f] = torch.where(t["category"][f][..., None] > 0, mirrored, b)  # background stays 0
+        return px, t
+
+
+def load_image_set(items: list[TrainItem], processor, grid: int, progress=None) -> ImageSet | None:
+    from omniground.media import load_image
+
+    pixels, targets = [], {"category": [], "colour": [], "box": []}
+    pad = processor.config.aspect_mode == "pad"
+    seen = set()
+    for it in items:
+        s = it.sample
+        if not s.media or s.media[0].type != "image" or "scene" not in (s.meta or {}):
+            continue
+        path = it.media_paths[0]
+        if path in seen:
+            continue
+        seen.add(path)
+        pixels.append(torch.from_numpy(processor.image_tensor(load_image(path))))
+        for k, v in patch_targets(s.meta["scene"], grid, pad).items():
+            targets[k].append(torch.from_numpy(v))
+        if progress:
+            progress()
+    if not pixels:
+        return None
+    return ImageSet(torch.stack(pixels), {k: torch.stack(v) for k, v in targets.items()})
+
+
+@dataclass
+class AudioSet:
+    windows: torch.Tensor  # (N_windows, n_mels, T) log-mel, every window of every clip
+    targets: torch.Tensor  # (N_windows, T', K) multi-hot per encoder frame
+    vocab: list[str]
+
+
+def load_audio_set(items: list[TrainItem], processor, frames: int, progress=None) -> AudioSet | None:
+    from omniground.media import load_audio
+
+    chosen, seen = [], set()
+    for it in items:
+        s = it.sample
+        if s.media and s.media[0].type == "audio" and "events" in (s.meta or {}) and it.media_paths[0] not in seen:
+            seen.add(it.media_paths[0])
+            chosen.append(it)
+    if not chosen:
+        return None
+    vocab_list = sorted({audio_label_key(e) for it in chosen for e in it.sample.meta["events"]})
+    vocab = {k: i for i, k in enumerate(vocab_list)}
+    windows, targets = [], []
+    spf = processor.config.audio_window_seconds / frames
+    for it in chosen:
+        feats, starts, _ = processor.audio_arrays(
+            load_audio(it.media_paths[0], sample_rate=processor.config.audio_sample_rate)
+        )
+        windows.append(torch.from_numpy(feats))
+        targets.append(torch.from_numpy(frame_targets(it.sample.meta["events"], starts, frames, spf, vocab)))
+        if progress:
+            progress()
+    return AudioSet(torch.cat(windows), torch.cat(targets), vocab_list)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+
+
+def _lr(step: int, cfg: EncoderConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dict[str, Any]:
+    """Stage 0 end to end: load data, pre-train each branch, save the checkpoint, metrics and curve."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from omniground.model.modeling_omniground import SmallAudioEncoder, SmallViT
+    from omniground.train.report import plot_stages, write_metrics
+    from omniground.train.trainer import build_start_model
+
+    console = console or Console(stderr=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    og = build_start_model(cfg.model)
+    model, processor = og.model, og.processor
+    items = load_sources(cfg.train_data)
+    eval_items = load_sources(cfg.eval_data) if cfg.eval_data else []
+
+    vit, audio = model.vision_tower.encoder, model.audio_encoder.encoder
+    grid = model.config.patch_grid
+    frames = model.config.audio_frames_per_window // 2  # the encoder's stride-2 conv
+    branches: dict[str, dict[str, Any]] = {}
+    with console.status("decoding the training media"):
+        if "image" in cfg.modalities and isinstance(vit, SmallViT):
+            train_set = load_image_set(items, processor, grid)
+            if train_set is not None:
+                branches["image"] = dict(
+                    encoder=vit,
+                    heads=ImageHeads(vit.norm.normalized_shape[0]),
+                    train=train_set,
+                    eval=load_image_set(eval_items, processor, grid),
+                )
+        if "audio" in cfg.modalities and isinstance(audio, SmallAudioEncoder):
+            train_set = load_audio_set(items, processor, frames)
+            if train_set is not None:
+                ev = load_audio_set(eval_items, processor, frames)
+                if ev is not None:  # the eval clips' labels in the training vocabulary's order
+                    keep = [ev.vocab.index(k) if k in ev.vocab else -1 for k in train_set.vocab]
+                    t = torch.zeros(*ev.targets.shape[:2], len(train_set.vocab))
+                    for i, j in enumerate(keep):
+                        if j >= 0:
+                            t[..., i] = ev.targets[..., j]
+                    ev = AudioSet(ev.windows, t, train_set.vocab)
+                branches["audio"] = dict(
+                    encoder=audio,
+                    heads=AudioHeads(audio.norm.normalized_shape[0], len(train_set.vocab)),
+                    train=train_set,
+                    eval=ev,
+                )
+    if not branches:
+        from omniground.train.config import TrainConfigError
+
+        raise TrainConfigError(
+            "stage 0 found nothing to pre-train: needs synth image samples with scene "
+            "metadata or audio samples with events, and the from-scratch encoders"
+        )
+    for name, b in branches.items():
+        n = len(b["train"].pixels) if name == "image" else len(b["train"].windows)
+        console.print(f"stage 0 {name}: {n} training {'images' if name == 'image' else 'windows'}")
+
+    history: list[dict] = []
+    evals: list[dict] = []
+    t0 = time.time()
+    for name, b in branches.items():
+        enc, heads = b["encoder"], b["heads"]
+        enc.train()
+        params = list(enc.parameters()) + list(heads.parameters())
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        data = b["train"]
+        n = len(data.pixels) if name == "image" else len(data.windows)
+        order: list[int] = []
+        with Progress(
+            TextColumn(f"stage 0 {name}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task(name, total=cfg.max_steps, info="")
+            for step in range(cfg.max_steps):
+                if len(order) < cfg.batch_size:
+                    order += rng.sample(range(n), n)
+                idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
+                for g in opt.param_groups:
+                    g["lr"] = _lr(step, cfg)
+                if name == "image":
+                    px, t = data.batch(idx, [rng.random() < 0.5 for _ in idx])
+                    loss, info = heads.loss(enc(px), t)
+                else:
+                    loss, info = heads.loss(enc(data.windows[idx]), data.targets[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                row = {
+                    "branch": name,
+                    "step": step + 1,
+                    "loss": loss.item(),
+                    "lr": _lr(step, cfg),
+                    **info,
+                    "elapsed_s": time.time() - t0,
+                }
+                history.append(row)
+                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+                    bar.update(
+                        task,
+                        completed=step + 1,
+                        info=f"loss {row['loss']:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in info.items()),
+                    )
+        if b["eval"] is not None:
+            evals.append({"branch": name, "step": cfg.max_steps, **evaluate_branch(name, enc, heads, b["eval"])})
+            console.print(
+                f"stage 0 {name} held-out: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in evals[-1].items() if isinstance(v, float))
+            )
+
+    out = Path(cfg.output_dir)
+    if cfg.freeze_after:  # later stages keep them as they are, as the original keeps CLIP and Whisper
+        model.config.train_encoders = False
+    og.save_pretrained(out / "model")
+    summary = {
+        "stage": 0,
+        "branches": list(branches),
+        "steps_per_branch": cfg.max_steps,
+        "train_seconds": time.time() - t0,
+        "history": history,
+        "evals": evals,
+    }
+    write_metrics(out / "metrics.json", summary)
+    plot_stages(
+        out / "curve.png",
+        [(f"{b}:", [r for r in history if r["branch"] == b], []) for b in branches],
+        title="stage 0: encoder pre-training, one branch after the other",
+    )
+    console.print(f"stage 0 saved {out / 'model'} ({summary['train_seconds']:.0f} s)")
+    return summary
+
+
+@torch.no_grad()
+def evaluate_branch(name: str, enc: nn.Module, heads: nn.Module, data, batch: int = 128) -> dict[str, float]:
+    """Mean of the heads' figures over the held-out set (no flips)."""
+    enc.eval()
+    sums: dict[str, float] = {}
+    n = len(data.pixels) if name == "image" else len(data.windows)
+    chunks = 0
+    for i in range(0, n, batch):
+        idx = list(range(i, min(n, i + batch)))
+        if name == "image":
+            px, t = data.batch(idx, [False] * len(idx))
+            loss, info = heads.loss(enc(px), t)
+        else:
+            loss, info = heads.loss(enc(data.windows[idx]), data.targets[idx])
+        for k, v in {"loss": float(loss), **info}.items():
+            sums[k] = sums.get(k, 0.0) + v
+        chunks += 1
+    enc.train()
+    return {k: v / chunks for k, v in sums.items()}
