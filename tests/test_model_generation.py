@@ -125,6 +125,28 @@ def test_ground_picks_the_modality_and_names_the_phrase(og):
     assert model_api._media_kind(video()) == "video" and model_api._media_kind(audio()) == "audio"
 
 
+def test_an_answer_prefix_is_prefilled_and_continued(og):
+    conv, media = user("<image>\nWhere is the cat?"), [image(0)]
+    prefix = "The cat"
+    (result,) = og.chat_batch([conv], [media], max_new_tokens=4, answer_prefixes=[prefix])
+    assert result.text.startswith(prefix) and result.num_tokens <= 4  # the prefix is not counted as generated
+    # the first generated token is the model's choice right after the prefix: prompt + prefix ids
+    inputs, _ = og.processor.prepare([conv], [media], answer_prefixes=[prefix])
+    plain, _ = og.processor.prepare([conv], [media])
+    n_prefix = inputs["input_ids"].shape[1] - plain["input_ids"].shape[1]
+    assert n_prefix > 0
+    assert inputs["input_ids"][0, -n_prefix:].tolist() == og.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        first = og.model(**inputs).logits[0, -1].argmax().item()
+    out = og.model.generate(**inputs, max_new_tokens=1, do_sample=False)
+    assert out[0, -1].item() == first
+    # ground() on an image starts from "The <phrase>"; on audio it does not
+    assert og.processor.grounding_answer_prefix("image", "the dog") == "The dog"
+    assert og.processor.grounding_answer_prefix("image", "A red car ") == "The red car"
+    assert og.processor.grounding_answer_prefix("image", "bell at the left") == "The bell at the left"
+    assert og.processor.grounding_answer_prefix("audio", "a bell") is None
+
+
 def test_load_finds_checkpoints_and_explains_what_is_missing(og, tmp_path, monkeypatch):
     monkeypatch.setattr(model_api, "CHECKPOINT_DIR", tmp_path / "checkpoints")
     with pytest.raises(UserError, match="default model is not installed"):

@@ -133,14 +133,17 @@ class OmniGround:
         top_k: int | None = None,
         stop: list[str] | None = None,
         streamer=None,
+        answer_prefixes: list[str | None] | None = None,
         **generate_kwargs,
     ) -> list[ChatResult]:
         """Answer several conversations in one left-padded batch; one ChatResult each, in order.
 
         temperature 0 = greedy, > 0 = sampling; `stop` strings end an answer (and are cut from it);
-        `streamer` is any HF streamer (batch of one only).
+        `streamer` is any HF streamer (batch of one only); `answer_prefixes` give each answer's start
+        (prefilled, not generated; part of the returned text).
         """
-        inputs, metas = self.processor.prepare(conversations, media, add_generation_prompt=True)
+        inputs, metas = self.processor.prepare(conversations, media, add_generation_prompt=True,
+                                               answer_prefixes=answer_prefixes)
         inputs = inputs.to(self.device)
         if isinstance(streamer, _CallbackStreamer):
             streamer.meta = metas[0]
@@ -153,7 +156,9 @@ class OmniGround:
         new = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, T)
         logits = torch.stack(out.logits, dim=1).float()  # (B, T, V)
         probs = logits.softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, T) prob of each chosen token
-        return [self._result(new[i], probs[i], metas[i], stop or [], max_new_tokens) for i in range(new.shape[0])]
+        prefixes = answer_prefixes or [None] * new.shape[0]
+        return [self._result(new[i], probs[i], metas[i], stop or [], max_new_tokens, prefixes[i] or "")
+                for i in range(new.shape[0])]
 
     generate = chat_batch  # the name HF users reach for
 
@@ -171,12 +176,16 @@ class OmniGround:
         return self.chat_batch([messages], [media], streamer=streamer, **kwargs)[0]
 
     def ground(self, media: Any, phrase: str, modality: str | None = None, **kwargs) -> list[Box | Span]:
-        """Boxes (image) or time spans (video/audio) for `phrase`, each with a score (mean token probability)."""
+        """Boxes (image) or time spans (video/audio) for `phrase`, each with a score (mean token probability).
+
+        The answer's start is given where the processor says so (`grounding_answer_prefix`).
+        """
         modality = modality or _media_kind(media)
         prompt = self.processor.grounding_prompt(modality, phrase)
+        kwargs.setdefault("answer_prefixes", [self.processor.grounding_answer_prefix(modality, phrase)])
         result = self.chat([{"role": "user", "content": prompt}], [media], **kwargs)
         items = result.boxes if modality == "image" else result.spans
-        return [i if i.phrase else i.with_phrase(phrase) for i in items]
+        return [i.with_phrase(phrase) for i in items]  # the query names what it asked for
 
     def stream_chat(self, messages: list[dict], media: list | None = None, **kwargs) -> Iterator[str]:
         """Yield the answer's text as it is generated (generation runs in a worker thread)."""
@@ -201,13 +210,18 @@ class OmniGround:
             raise error[0]
 
     def _result(self, ids: torch.Tensor, probs: torch.Tensor, meta: RequestMeta, stop: list[str],
-                max_new_tokens: int) -> ChatResult:
+                max_new_tokens: int, prefix: str = "") -> ChatResult:
         end = {self.model.generation_config.pad_token_id, *_as_list(self.model.generation_config.eos_token_id)}
         ids_list = ids.tolist()
         n = next((j for j, t in enumerate(ids_list) if t in end), len(ids_list))
         finish = "length" if n == len(ids_list) and n >= max_new_tokens else "stop"
         ids_list, probs_list = ids_list[:n], probs[:n].tolist()
-        model_text = self.processor.decode(ids_list)
+        if prefix:  # decoded together, so the join is the tokenizer's, not ours
+            pre = self.tokenizer(self.processor.to_model_text(prefix, meta.image_size, meta.duration),
+                                 add_special_tokens=False)["input_ids"]
+            model_text = self.processor.decode(pre + ids_list)
+        else:
+            model_text = self.processor.decode(ids_list)
         for s in stop:  # the stop string ends the answer and is not part of it (OpenAI semantics)
             if s in model_text:
                 model_text, finish = model_text[: model_text.index(s)].rstrip(), "stop"

@@ -280,9 +280,12 @@ class OmniGroundProcessor:
         add_generation_prompt: bool = True,
         with_labels: bool = False,
         max_length: int | None = None,
+        answer_prefix: str | None = None,
     ) -> ModelExample:
         """One conversation (+ its media, in placeholder order) -> a `ModelExample`.
 
+        `answer_prefix` (with the generation prompt): the start of the assistant's answer, given rather
+        than generated -- one prefill pass instead of a decode step per token.
         Media may be paths, bytes, or already decoded (PIL image, VideoFrames, Audio). Locations in the
         text are normalised to the original media and rewritten into the model's frame/tokens here.
         `max_length` cuts the tail of the text; a cut through media tokens raises ValueError.
@@ -306,6 +309,9 @@ class OmniGroundProcessor:
             text = self.to_model_text(msg["content"], ex.meta.image_size, ex.meta.duration)
             msg["content"] = _PLACEHOLDER_RE.sub(lambda m: PAD_TOKENS[m.group(1)] * counts[m.group(1)], text)
         ex.input_ids, ex.labels = self._tokenize(messages, add_generation_prompt, with_labels)
+        if answer_prefix:
+            text = self.to_model_text(answer_prefix, ex.meta.image_size, ex.meta.duration)
+            ex.input_ids += self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if max_length is not None and len(ex.input_ids) > max_length:
             media_ids = {self.config.image_token_id, self.config.video_token_id, self.config.audio_token_id}
             if media_ids & set(ex.input_ids[max_length:]):
@@ -397,20 +403,23 @@ class OmniGroundProcessor:
         return_labels: bool = False,
         padding_side: str = "left",
         max_length: int | None = None,
+        answer_prefixes: list[str | None] | None = None,
     ) -> tuple[BatchFeature, list[RequestMeta]]:
         """Batch of conversations (+ their media lists) -> model inputs and per-request meta.
 
         A single conversation (a list of {"role", "content"} dicts) is a batch of one.
+        `answer_prefixes`: per conversation, the answer's given start (see `encode`).
         """
         if conversations and isinstance(conversations[0], dict):
             conversations, media = [conversations], [media] if media is not None else None
         media = media if media is not None else [None] * len(conversations)
         if len(media) != len(conversations):
             raise ValueError(f"{len(conversations)} conversations but {len(media)} media lists")
+        prefixes = answer_prefixes if answer_prefixes is not None else [None] * len(conversations)
         examples = [
             self.encode(msgs, items, add_generation_prompt=add_generation_prompt, with_labels=return_labels,
-                        max_length=max_length)
-            for msgs, items in zip(conversations, media)
+                        max_length=max_length, answer_prefix=prefix)
+            for msgs, items, prefix in zip(conversations, media, prefixes)
         ]
         return self.collate(examples, padding_side), [ex.meta for ex in examples]
 
@@ -452,6 +461,13 @@ class OmniGroundProcessor:
     def grounding_prompt(self, modality: str, phrase: str) -> str:
         prompts = {**DEFAULT_GROUNDING_PROMPTS, **(self.config.grounding_prompts or {})}
         return prompts[modality].format(phrase=phrase)
+
+    def grounding_answer_prefix(self, modality: str, phrase: str) -> str | None:
+        """How a grounding answer starts, given rather than generated: on images "The <phrase>" (a trained
+        answer form; echoing the phrase token by token was most of an image query's time)."""
+        if modality != "image":
+            return None
+        return "The " + re.sub(r"^(?:the|an?)\s+", "", phrase.strip(), flags=re.IGNORECASE)
 
 
 def _stack_steps(items: list[tuple[np.ndarray, np.ndarray, float]], kind: str) -> dict[str, torch.Tensor]:

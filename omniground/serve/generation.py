@@ -48,6 +48,7 @@ class Row:
     sampling: Sampling = Sampling()
     on_text: Callable[[str], None] | None = None  # receives each new piece of visible text (streaming)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    answer_prefix: str | None = None  # the answer's given start (not streamed: for whole answers)
 
 
 @dataclass
@@ -177,6 +178,7 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
         top_p=sampling.top_p,
         streamer=tracker,
         stopping_criteria=StoppingCriteriaList([tracker]),  # per-row limits, stop strings, cancellation
+        answer_prefixes=[r.answer_prefix for r in rows],
     )
     answers = []
     for i, (row, result) in enumerate(zip(rows, results)):
