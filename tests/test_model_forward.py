@@ -257,3 +257,49 @@ def test_half_precision_runs_every_branch(og, tmp_path):
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
     result = half.chat(convs[1][:1], media[1], max_new_tokens=3, min_new_tokens=3)
     assert result.num_tokens == 3
+
+
+def test_time_anchored_queries_read_their_own_stretch_of_time_and_lose_the_items_mean():
+    from omniground.model.modeling_omniground import MediaResampler
+
+    torch.manual_seed(0)
+    res = MediaResampler(8, 16, 12, num_queries=4, num_layers=1, num_heads=2, time_anchored=True).eval()
+    steps = torch.randn(1, 4, 3, 8)  # 4 frames of 3 tokens
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    seconds, duration = torch.tensor([[0.5, 1.5, 2.5, 3.5]]), torch.tensor([4.0])
+    with torch.no_grad():
+        out = res(steps, mask, seconds, duration)
+        later = steps.clone()
+        later[:, 3] = torch.randn(1, 3, 8)  # only the last frame changes
+        moved = (res(later, mask, seconds, duration) - out).norm(dim=-1)[0]  # (Q,)
+    assert out.shape == (1, 4, 12)
+    torch.testing.assert_close(out.mean(1), torch.zeros(1, 12), atol=1e-5, rtol=0)  # each item's mean removed
+    # the last query reads the last frame most (free queries: all within 10% of each other, measured);
+    # the first still moves by the shift of the item's mean
+    assert int(moved.argmax()) == 3 and moved[3] > 1.3 * moved[0]
+
+    # padding: an item alone == the same item in a batch with a longer one; padded steps are never read
+    longer = torch.randn(1, 6, 3, 8)
+    batch = torch.cat([torch.cat([steps, torch.randn(1, 2, 3, 8)], 1), longer])
+    bmask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6], dtype=torch.bool)
+    bsec = torch.tensor([[0.5, 1.5, 2.5, 3.5, 0, 0], [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]])
+    with torch.no_grad():
+        both = res(batch, bmask, bsec, torch.tensor([4.0, 6.0]))
+    torch.testing.assert_close(both[:1], out, atol=1e-5, rtol=1e-4)
+
+    # audio windows last step_seconds: their tokens sit inside the window, not at its start
+    bias = res.time_bias(torch.tensor([[0.0, 2.0]]), torch.tensor([4.0]), 2, 2.0, torch.zeros(1, 4, dtype=torch.bool))
+    assert bias.shape == (2, 4, 4)  # (N * heads, Q, S*T)
+    assert bias[0].argmax(0).tolist() == [0, 1, 2, 3]  # tokens at 0.5, 1.5, 2.5, 3.5 s: one per query slot
+
+
+def test_a_time_anchored_model_runs_forward_and_backward():
+    torch.manual_seed(0)
+    og = micro_model(time_anchored_queries=True)
+    batch = og.processor.prepare(
+        [turn("<video>\nWhen?", "At {0.2,0.4}."), turn("<audio>\nWhen?", "At {0.1,0.3}.")],
+        [[video()], [audio()]], add_generation_prompt=False, return_labels=True, padding_side="right")[0]
+    out = og.model(**batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert og.model.video_resampler.queries.grad is not None and og.model.audio_resampler.queries.grad is not None

@@ -117,6 +117,10 @@ class OmniGroundConfig(PreTrainedConfig):
     resampler_hidden_size: int = 256
     resampler_num_layers: int = 2
     resampler_num_heads: int = 4
+    # Query i of a resampler reads mostly its own stretch of the clip (a Gaussian bias on its attention
+    # around (i + 0.5) / num_queries of the duration) and each item's output tokens lose their mean:
+    # free queries collapsed to one media-independent output (configs/omniground-tiny/README.md).
+    time_anchored_queries: bool = False
     # tokens (set by add_omniground_tokens)
     image_token_id: int = -1
     video_token_id: int = -1
@@ -375,10 +379,15 @@ class ResamplerLayer(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
-    def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_ignore: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, kv_ignore: torch.Tensor,
+                kv_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """kv_bias: optional (N * heads, Q, K) additive attention bias, padding already at -inf."""
         kv = self.norm_kv(kv)
         h = self.norm_q(q)
-        q = q + self.cross_attn(h, kv, kv, key_padding_mask=kv_ignore, need_weights=False)[0]
+        if kv_bias is None:
+            q = q + self.cross_attn(h, kv, kv, key_padding_mask=kv_ignore, need_weights=False)[0]
+        else:
+            q = q + self.cross_attn(h, kv, kv, attn_mask=kv_bias, need_weights=False)[0]
         h = self.norm_self(q)
         q = q + self.self_attn(h, h, h, need_weights=False)[0]
         return q + self.mlp(self.norm_mlp(q))
@@ -392,8 +401,11 @@ class MediaResampler(nn.Module):
     Output: (N, num_queries, out_dim). The LM sees a fixed number of tokens whatever the clip length.
     """
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_queries: int, num_layers: int, num_heads: int):
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_queries: int, num_layers: int, num_heads: int,
+                 time_anchored: bool = False):
         super().__init__()
+        self.time_anchored = time_anchored  # see OmniGroundConfig.time_anchored_queries
+        self.num_heads = num_heads
         self.input_proj = nn.Linear(in_dim, hidden)
         self.time_embedding = TimestampEmbedding(hidden)
         self.queries = nn.Parameter(torch.randn(num_queries, hidden) * 0.02)
@@ -401,15 +413,30 @@ class MediaResampler(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.output_proj = nn.Linear(hidden, out_dim)
 
-    def forward(self, tokens, step_mask, seconds, duration) -> torch.Tensor:
+    def forward(self, tokens, step_mask, seconds, duration, step_seconds: float = 0.0) -> torch.Tensor:
+        """step_seconds: how long one step lasts (audio windows; 0 for video frames, which are instants)."""
         n, s, t, _ = tokens.shape
         x = self.input_proj(tokens) + self.time_embedding(seconds, duration)[:, :, None, :]  # (N, S, T, D)
         x = x.reshape(n, s * t, -1)  # (N, S*T, D)
         ignore = ~step_mask.bool().repeat_interleave(t, dim=1)  # (N, S*T), True = padding
         q = self.queries.unsqueeze(0).expand(n, -1, -1)  # (N, Q, D)
+        bias = self.time_bias(seconds, duration, t, step_seconds, ignore) if self.time_anchored else None
         for layer in self.layers:
-            q = layer(q, x, ignore)
-        return self.output_proj(self.norm(q))  # (N, Q, out_dim)
+            q = layer(q, x, ignore, bias)
+        out = self.output_proj(self.norm(q))  # (N, Q, out_dim)
+        return out - out.mean(1, keepdim=True) if self.time_anchored else out
+
+    def time_bias(self, seconds, duration, t: int, step_seconds: float, ignore) -> torch.Tensor:
+        """(N * heads, Q, S*T) attention bias: -(r - c_i)^2 / (2 sigma^2), r a token's time / duration,
+        c_i = (i + 0.5) / Q query i's slot, sigma = 1 / Q; padding at -inf."""
+        nq = self.queries.shape[0]
+        offsets = (torch.arange(t, device=seconds.device, dtype=seconds.dtype) + 0.5) / t * step_seconds  # (T,)
+        rel = (seconds[:, :, None] + offsets) / duration[:, None, None]  # (N, S, T)
+        rel = rel.reshape(rel.shape[0], -1)  # (N, S*T)
+        centres = (torch.arange(nq, device=rel.device, dtype=rel.dtype) + 0.5) / nq  # (Q,)
+        bias = -((rel[:, None, :] - centres[None, :, None]) * nq) ** 2 / 2  # (N, Q, S*T)
+        bias = bias.masked_fill(ignore[:, None, :], float("-inf"))
+        return bias.to(self.queries.dtype).repeat_interleave(self.num_heads, dim=0)
 
 
 # =================================================================================================
@@ -557,12 +584,12 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         r = (config.resampler_hidden_size, hidden)
         self.video_resampler = MediaResampler(
             self.vision_tower.hidden_size, *r, config.video_num_queries, config.resampler_num_layers,
-            config.resampler_num_heads,
+            config.resampler_num_heads, config.time_anchored_queries,
         )
         self.audio_encoder = AudioEncoder(config, audio_encoder)
         self.audio_resampler = MediaResampler(
             self.audio_encoder.hidden_size, *r, config.audio_num_queries, config.resampler_num_layers,
-            config.resampler_num_heads,
+            config.resampler_num_heads, config.time_anchored_queries,
         )
         self.location_pointer = None
         if config.location_pointer:
@@ -615,7 +642,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         tokens = self.audio_encoder(features[window_mask].to(self.audio_dtype))  # (n_windows, k, Da)
         steps = tokens.new_zeros(*window_mask.shape, *tokens.shape[1:])  # (Na, W, k, Da)
         steps[window_mask] = tokens
-        return self.audio_resampler(steps, window_mask, starts, durations)
+        return self.audio_resampler(steps, window_mask, starts, durations, self.config.audio_window_seconds)
 
     @property
     def vision_dtype(self) -> torch.dtype:
