@@ -2,9 +2,10 @@
 
     python benchmarks/bench_train.py [--steps 8] [--threads 1]
 
-Runs a few optimizer steps of each stage's config (configs/omniground-tiny/stage{1,2,3}.yaml) from a
-fresh tiny model, on the generated data those configs name (scripts/make_default_data.sh). The first
-step is a warm-up and is not counted. Prints one line per stage.
+Runs a few optimizer steps of each stage's config (configs/omniground-tiny/stage{0,1,2,3}.yaml) from a
+fresh tiny model (encoders frozen after stage 0, as in the recipe), on the generated data those configs
+name (scripts/make_default_data.sh; stage 0 on its first 1000 samples). The first step is a warm-up
+and is not counted. Prints one line per stage (stage 0: per branch, items = images or audio windows).
 """
 
 from __future__ import annotations
@@ -30,14 +31,29 @@ def main() -> None:
 
     from omniground.train import Trainer, load_config
 
+    from omniground.train.encoders import pretrain_encoders
+
     quiet = Console(quiet=True)
     print(f"torch {torch.__version__}, {args.threads} thread(s), cuda={torch.cuda.is_available()}")
+    stage0 = load_config(args.configs / "stage0.yaml")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = [{"path": str(stage0.train_data[0].path), "limit": 1000}]
+        cfg = load_config(args.configs / "stage0.yaml", {"output_dir": tmp, "max_steps": args.steps + 1,
+                                                         "eval_data": [], "train_data": data,
+                                                         "num_threads": args.threads})
+        history = pretrain_encoders(cfg, console=quiet)["history"]
+        for branch in dict.fromkeys(r["branch"] for r in history):
+            rows = [r for r in history if r["branch"] == branch]
+            dt = rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]  # the first step is the warm-up
+            kind = "images" if branch == "image" else "audio windows"
+            print(f"stage 0 {branch}: {cfg.batch_size * args.steps / dt:6.1f} {kind}/s  ({args.steps} steps x "
+                  f"{cfg.batch_size}, {dt / args.steps:.2f} s/step)")
     for stage in (1, 2, 3):
         path = args.configs / f"stage{stage}.yaml"
         with tempfile.TemporaryDirectory() as tmp:
             cfg = load_config(path, {"output_dir": tmp, "max_steps": args.steps + 1, "eval_data": [], "eval_every": 0,
                                      "save_every": 0, "num_threads": args.threads})
-            tiny = load_config(args.configs / "stage1.yaml").model.tiny
+            tiny = {**stage0.model.tiny, "train_encoders": not stage0.freeze_after}
             cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"from_checkpoint": None,
                                                                                    "tiny": tiny})})
             trainer = Trainer(cfg, console=quiet)

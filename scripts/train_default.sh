@@ -16,7 +16,7 @@ COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/d
 
 [ -f $DATA/train.jsonl ] || scripts/make_default_data.sh $DATA
 
-for stage in 1 2 2b 3; do
+for stage in 0 1 2 2b 3; do
     python -m omniground.train configs/omniground-tiny/stage$stage.yaml --resume 2>&1 | tee $RUN.stage$stage.log
 done
 
@@ -41,6 +41,6 @@ cp $RUN/stage3/model/* $DEST/
 {
     echo "commit: $COMMIT"
     echo "data: scripts/make_default_data.sh (train seed 0, val seed 1, test/unseen seed 2)"
-    echo "configs: configs/omniground-tiny/stage{1,2,2b,3}.yaml"
+    echo "configs: configs/omniground-tiny/stage{0,1,2,2b,3}.yaml"
 } > $DEST/TRAINED_FROM.txt
 echo "installed $DEST"
