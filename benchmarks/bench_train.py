@@ -4,7 +4,7 @@
 
 Runs a few optimizer steps of each stage's config (configs/omniground-tiny/stage{0,1,2,3}.yaml) from a
 fresh tiny model (encoders frozen after stage 0, as in the recipe), on the generated data those configs
-name (scripts/make_default_data.sh; stage 0 on its first 1000 samples). The first step is a warm-up
+name (scripts/make_default_data.sh; stage 0 on 640 images and 200 clips). The first step is a warm-up
 and is not counted. Prints one line per stage (stage 0: per branch, items = images or audio windows).
 """
 
@@ -37,7 +37,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), cuda={torch.cuda.is_available()}")
     stage0 = load_config(args.configs / "stage0.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        data = [{"path": str(stage0.train_data[0].path), "limit": 1000}]
+        path = str(stage0.train_data[0].path)
+        data = [{"path": path, "tasks": ["rec"], "limit": 640}, {"path": path, "tasks": ["audio_grounding"], "limit": 200}]
         cfg = load_config(args.configs / "stage0.yaml", {"output_dir": tmp, "max_steps": args.steps + 1,
                                                          "eval_data": [], "train_data": data,
                                                          "num_threads": args.threads})
