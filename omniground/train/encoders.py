@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.data.synth import assets
 from omniground.train.config import EncoderConfig
@@ -215,13 +216,6 @@ def load_audio_set(items: list[TrainItem], processor, frames: int, progress=None
 # Training
 
 
-def _lr(step: int, cfg: EncoderConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    p = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
-
-
 def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dict[str, Any]:
     """Stage 0 end to end: load data, pre-train each branch, save the checkpoint, metrics and curve."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -290,6 +284,9 @@ def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dic
         enc.train()
         params = list(enc.parameters()) + list(heads.parameters())
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = get_cosine_with_min_lr_schedule_with_warmup(
+            opt, cfg.warmup_steps, cfg.max_steps, min_lr_rate=cfg.min_lr_ratio
+        )  # as the trainer's
         data = b["train"]
         n = len(data.pixels) if name == "image" else len(data.windows)
         order: list[int] = []
@@ -306,8 +303,6 @@ def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dic
                 if len(order) < cfg.batch_size:
                     order += rng.sample(range(n), n)
                 idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-                for g in opt.param_groups:
-                    g["lr"] = _lr(step, cfg)
                 if name == "image":
                     px, t = data.batch(idx, [rng.random() < 0.5 for _ in idx])
                     loss, info = heads.loss(enc(px), t)
@@ -316,12 +311,14 @@ def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dic
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
+                lr = schedule.get_last_lr()[0]
                 opt.step()
+                schedule.step()
                 row = {
                     "branch": name,
                     "step": step + 1,
                     "loss": loss.item(),
-                    "lr": _lr(step, cfg),
+                    "lr": lr,
                     **info,
                     "elapsed_s": time.time() - t0,
                 }
