@@ -156,9 +156,7 @@ class OmniGround:
         new = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, T)
         logits = torch.stack(out.logits, dim=1).float()  # (B, T, V)
         probs = logits.softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, T) prob of each chosen token
-        prefixes = answer_prefixes or [None] * new.shape[0]
-        return [self._result(new[i], probs[i], metas[i], stop or [], max_new_tokens, prefixes[i] or "")
-                for i in range(new.shape[0])]
+        return [self._result(new[i], probs[i], metas[i], stop or [], max_new_tokens) for i in range(new.shape[0])]
 
     generate = chat_batch  # the name HF users reach for
 
@@ -210,18 +208,14 @@ class OmniGround:
             raise error[0]
 
     def _result(self, ids: torch.Tensor, probs: torch.Tensor, meta: RequestMeta, stop: list[str],
-                max_new_tokens: int, prefix: str = "") -> ChatResult:
+                max_new_tokens: int) -> ChatResult:
         end = {self.model.generation_config.pad_token_id, *_as_list(self.model.generation_config.eos_token_id)}
         ids_list = ids.tolist()
         n = next((j for j, t in enumerate(ids_list) if t in end), len(ids_list))
         finish = "length" if n == len(ids_list) and n >= max_new_tokens else "stop"
         ids_list, probs_list = ids_list[:n], probs[:n].tolist()
-        if prefix:  # decoded together, so the join is the tokenizer's, not ours
-            pre = self.tokenizer(self.processor.to_model_text(prefix, meta.image_size, meta.duration),
-                                 add_special_tokens=False)["input_ids"]
-            model_text = self.processor.decode(pre + ids_list)
-        else:
-            model_text = self.processor.decode(ids_list)
+        # a given answer start is decoded with the rest, so the join is the tokenizer's, not ours
+        model_text = self.processor.decode(meta.answer_prefix_ids + ids_list)
         for s in stop:  # the stop string ends the answer and is not part of it (OpenAI semantics)
             if s in model_text:
                 model_text, finish = model_text[: model_text.index(s)].rstrip(), "stop"

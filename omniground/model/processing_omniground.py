@@ -58,6 +58,7 @@ class RequestMeta:
     image_size: tuple[int, int] | None = None  # (width, height) of the original image
     duration: float | None = None  # seconds of the first video/audio
     modalities: list[str] = field(default_factory=list)
+    answer_prefix_ids: list[int] = field(default_factory=list)  # the answer's given start, already in the prompt
 
 
 @dataclass
@@ -311,7 +312,8 @@ class OmniGroundProcessor:
         ex.input_ids, ex.labels = self._tokenize(messages, add_generation_prompt, with_labels)
         if answer_prefix:
             text = self.to_model_text(answer_prefix, ex.meta.image_size, ex.meta.duration)
-            ex.input_ids += self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ex.meta.answer_prefix_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ex.input_ids += ex.meta.answer_prefix_ids
         if max_length is not None and len(ex.input_ids) > max_length:
             media_ids = {self.config.image_token_id, self.config.video_token_id, self.config.audio_token_id}
             if media_ids & set(ex.input_ids[max_length:]):
