@@ -36,13 +36,10 @@ def train(
                 raise UserError(f"--set takes KEY=VALUE, got {item!r}")
             overrides[key] = yaml.safe_load(value)
         cfg = load_config(config, overrides)
-        if isinstance(cfg, EncoderConfig):  # stage 0: short, restarts rather than resumes
+        if isinstance(cfg, EncoderConfig):
             from omniground.train.encoders import pretrain_encoders
 
-            if resume and (cfg.output_dir / "metrics.json").is_file() and (cfg.model_dir / "config.json").is_file():
-                err_console.print(f"stage 0 already complete: {cfg.model_dir}")
-            else:
-                pretrain_encoders(cfg)
+            pretrain_encoders(cfg, resume=resume)
         else:
             from omniground.train.trainer import train as run
 

@@ -16,11 +16,11 @@ everything else as built) that stage 1 starts from. Run by `omniground train` wi
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,6 +140,9 @@ class ImageSet:
     pixels: torch.Tensor  # (N, 3, S, S)
     targets: dict[str, torch.Tensor]  # category (N, P), colour (N, P), box (N, P, 4)
 
+    def __len__(self) -> int:
+        return len(self.pixels)
+
     def batch(self, idx: list[int], flip: list[bool]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         px = self.pixels[idx].clone()
         t = {k: v[idx].clone() for k, v in self.targets.items()}
@@ -155,7 +158,7 @@ class ImageSet:
         return px, t
 
 
-def load_image_set(items: list[TrainItem], processor, grid: int, progress=None) -> ImageSet | None:
+def load_image_set(items: list[TrainItem], processor, grid: int) -> ImageSet | None:
     from omniground.media import load_image
 
     pixels, targets = [], {"category": [], "colour": [], "box": []}
@@ -172,8 +175,6 @@ def load_image_set(items: list[TrainItem], processor, grid: int, progress=None) 
         pixels.append(torch.from_numpy(processor.image_tensor(load_image(path))))
         for k, v in patch_targets(s.meta["scene"], grid, pad).items():
             targets[k].append(torch.from_numpy(v))
-        if progress:
-            progress()
     if not pixels:
         return None
     return ImageSet(torch.stack(pixels), {k: torch.stack(v) for k, v in targets.items()})
@@ -185,8 +186,13 @@ class AudioSet:
     targets: torch.Tensor  # (N_windows, T', K) multi-hot per encoder frame
     vocab: list[str]
 
+    def __len__(self) -> int:
+        return len(self.windows)
 
-def load_audio_set(items: list[TrainItem], processor, frames: int, progress=None) -> AudioSet | None:
+
+def load_audio_set(items: list[TrainItem], processor, frames: int, vocab: list[str] | None = None) -> AudioSet | None:
+    """Every window of every distinct clip, with its frame targets; `vocab` (default: the labels these
+    clips use, sorted) fixes the label order -- held-out clips take the training set's."""
     from omniground.media import load_audio
 
     chosen, seen = [], set()
@@ -197,8 +203,8 @@ def load_audio_set(items: list[TrainItem], processor, frames: int, progress=None
             chosen.append(it)
     if not chosen:
         return None
-    vocab_list = sorted({audio_label_key(e) for it in chosen for e in it.sample.meta["events"]})
-    vocab = {k: i for i, k in enumerate(vocab_list)}
+    vocab_list = vocab or sorted({audio_label_key(e) for it in chosen for e in it.sample.meta["events"]})
+    index = {k: i for i, k in enumerate(vocab_list)}
     windows, targets = [], []
     spf = processor.config.audio_window_seconds / frames
     for it in chosen:
@@ -206,18 +212,26 @@ def load_audio_set(items: list[TrainItem], processor, frames: int, progress=None
             load_audio(it.media_paths[0], sample_rate=processor.config.audio_sample_rate)
         )
         windows.append(torch.from_numpy(feats))
-        targets.append(torch.from_numpy(frame_targets(it.sample.meta["events"], starts, frames, spf, vocab)))
-        if progress:
-            progress()
+        targets.append(torch.from_numpy(frame_targets(it.sample.meta["events"], starts, frames, spf, index)))
     return AudioSet(torch.cat(windows), torch.cat(targets), vocab_list)
+
+
+def encoder_batch(data: ImageSet | AudioSet, idx: list[int], rng: random.Random | None = None):
+    """(encoder input, targets) of items `idx`; with an rng (training) each image is mirrored with p = 0.5."""
+    if isinstance(data, ImageSet):
+        return data.batch(idx, [rng is not None and rng.random() < 0.5 for _ in idx])
+    return data.windows[idx], data.targets[idx]
 
 
 # --------------------------------------------------------------------------------------------------
 # Training
 
 
-def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dict[str, Any]:
-    """Stage 0 end to end: load data, pre-train each branch, save the checkpoint, metrics and curve."""
+def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+    """Stage 0 end to end: load data, pre-train each branch, save the checkpoint, metrics and curve.
+
+    Short, so it restarts rather than resumes: `resume` only skips a run that already finished.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from omniground.model.modeling_omniground import SmallAudioEncoder, SmallViT
@@ -225,6 +239,10 @@ def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dic
     from omniground.train.trainer import build_start_model
 
     console = console or Console(stderr=True)
+    done = cfg.output_dir / "metrics.json"
+    if resume and done.is_file() and (cfg.model_dir / "config.json").is_file():
+        console.print(f"stage 0 already complete: {cfg.model_dir}")
+        return json.loads(done.read_text())
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -251,19 +269,11 @@ def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dic
         if "audio" in cfg.modalities and isinstance(audio, SmallAudioEncoder):
             train_set = load_audio_set(items, processor, frames)
             if train_set is not None:
-                ev = load_audio_set(eval_items, processor, frames)
-                if ev is not None:  # the eval clips' labels in the training vocabulary's order
-                    keep = [ev.vocab.index(k) if k in ev.vocab else -1 for k in train_set.vocab]
-                    t = torch.zeros(*ev.targets.shape[:2], len(train_set.vocab))
-                    for i, j in enumerate(keep):
-                        if j >= 0:
-                            t[..., i] = ev.targets[..., j]
-                    ev = AudioSet(ev.windows, t, train_set.vocab)
                 branches["audio"] = dict(
                     encoder=audio,
                     heads=AudioHeads(audio.norm.normalized_shape[0], len(train_set.vocab)),
                     train=train_set,
-                    eval=ev,
+                    eval=load_audio_set(eval_items, processor, frames, vocab=train_set.vocab),
                 )
     if not branches:
         from omniground.train.config import TrainConfigError
@@ -273,8 +283,7 @@ def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dic
             "metadata or audio samples with events, and the from-scratch encoders"
         )
     for name, b in branches.items():
-        n = len(b["train"].pixels) if name == "image" else len(b["train"].windows)
-        console.print(f"stage 0 {name}: {n} training {'images' if name == 'image' else 'windows'}")
+        console.print(f"stage 0 {name}: {len(b['train'])} training {'images' if name == 'image' else 'windows'}")
 
     history: list[dict] = []
     evals: list[dict] = []
@@ -287,8 +296,7 @@ def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dic
         schedule = get_cosine_with_min_lr_schedule_with_warmup(
             opt, cfg.warmup_steps, cfg.max_steps, min_lr_rate=cfg.min_lr_ratio
         )  # as the trainer's
-        data = b["train"]
-        n = len(data.pixels) if name == "image" else len(data.windows)
+        data, n = b["train"], len(b["train"])
         order: list[int] = []
         with Progress(
             TextColumn(f"stage 0 {name}"),
@@ -303,11 +311,8 @@ def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dic
                 if len(order) < cfg.batch_size:
                     order += rng.sample(range(n), n)
                 idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
-                if name == "image":
-                    px, t = data.batch(idx, [rng.random() < 0.5 for _ in idx])
-                    loss, info = heads.loss(enc(px), t)
-                else:
-                    loss, info = heads.loss(enc(data.windows[idx]), data.targets[idx])
+                x, t = encoder_batch(data, idx, rng)
+                loss, info = heads.loss(enc(x), t)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -330,16 +335,16 @@ def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dic
                         info=f"loss {row['loss']:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in info.items()),
                     )
         if b["eval"] is not None:
-            evals.append({"branch": name, "step": cfg.max_steps, **evaluate_branch(name, enc, heads, b["eval"])})
+            evals.append({"branch": name, "step": cfg.max_steps, **evaluate_branch(enc, heads, b["eval"])})
             console.print(
                 f"stage 0 {name} held-out: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in evals[-1].items() if isinstance(v, float))
             )
 
-    out = Path(cfg.output_dir)
+    out = cfg.output_dir
     if cfg.freeze_after:  # later stages keep them as they are, as the original keeps CLIP and Whisper
         model.config.train_encoders = False
-    og.save_pretrained(out / "model")
+    og.save_pretrained(cfg.model_dir)
     summary = {
         "stage": 0,
         "branches": list(branches),
@@ -354,24 +359,19 @@ def pretrain_encoders(cfg: EncoderConfig, console: Console | None = None) -> dic
         [(f"{b}:", [r for r in history if r["branch"] == b], []) for b in branches],
         title="stage 0: encoder pre-training, one branch after the other",
     )
-    console.print(f"stage 0 saved {out / 'model'} ({summary['train_seconds']:.0f} s)")
+    console.print(f"stage 0 saved {cfg.model_dir} ({summary['train_seconds']:.0f} s)")
     return summary
 
 
 @torch.no_grad()
-def evaluate_branch(name: str, enc: nn.Module, heads: nn.Module, data, batch: int = 128) -> dict[str, float]:
+def evaluate_branch(enc: nn.Module, heads: nn.Module, data: ImageSet | AudioSet, batch: int = 128) -> dict[str, float]:
     """Mean of the heads' figures over the held-out set (no flips)."""
     enc.eval()
     sums: dict[str, float] = {}
-    n = len(data.pixels) if name == "image" else len(data.windows)
     chunks = 0
-    for i in range(0, n, batch):
-        idx = list(range(i, min(n, i + batch)))
-        if name == "image":
-            px, t = data.batch(idx, [False] * len(idx))
-            loss, info = heads.loss(enc(px), t)
-        else:
-            loss, info = heads.loss(enc(data.windows[idx]), data.targets[idx])
+    for i in range(0, len(data), batch):
+        x, t = encoder_batch(data, list(range(i, min(len(data), i + batch))))
+        loss, info = heads.loss(enc(x), t)
         for k, v in {"loss": float(loss), **info}.items():
             sums[k] = sums.get(k, 0.0) + v
         chunks += 1
