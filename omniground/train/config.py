@@ -57,80 +57,71 @@ class ModelInit(BaseModel):
         return self
 
 
-class TrainConfig(BaseModel):
+class StageConfig(BaseModel):
+    """What every stage's YAML has: where it starts and writes, its data, steps and AdamW schedule."""
+
     model_config = ConfigDict(extra="forbid")
 
-    stage: Literal[1, 2, 3]
     output_dir: Path
     model: ModelInit
     train_data: list[DataSource] = Field(min_length=1)
     eval_data: list[DataSource] = Field(default_factory=list)
-    lora: dict[str, Any] | None = None  # peft LoraConfig kwargs for stages 2-3 (None: the full LM trains)
-
-    # batches: `batch_size` per process, `grad_accum` micro-batches per optimizer step
-    batch_size: int = Field(default=8, gt=0)
-    grad_accum: int = Field(default=1, gt=0)
     max_steps: int = Field(gt=0)  # optimizer steps; epochs follow from the data size
-    group_by_length: bool = True
-    max_length: int | None = Field(default=None, gt=0)
-    gradient_checkpointing: bool = False  # recompute LM activations in backward: less memory, ~30% slower
 
     # optimiser: AdamW, linear warm-up then cosine to min_lr_ratio * lr
     lr: float = Field(default=1e-3, gt=0)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     warmup_steps: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    max_grad_norm: float | None = 1.0
 
-    # runtime
     seed: int = 0
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     num_threads: int | None = Field(default=None, gt=0)  # torch CPU threads per process
-    cache_media: bool = True  # keep decoded media in memory (small synthetic sets)
-
-    # bookkeeping
     log_every: int = Field(default=10, gt=0)
-    eval_every: int = Field(default=0, ge=0)  # 0: only at the end
-    eval_generate: int = Field(default=0, ge=0)  # held-out samples answered by generation for grounding metrics
-    save_every: int = Field(default=0, ge=0)  # resumable checkpoint every N steps (0: only at the end)
-    keep_checkpoints: int = Field(default=2, gt=0)
 
     @property
     def model_dir(self) -> Path:
         """The stage's output model, what the next stage's `from_checkpoint` names."""
         return self.output_dir / "model"
 
+
+class TrainConfig(StageConfig):
+    """Stages 1-3 (omniground.train.trainer): the LM-side stages."""
+
+    stage: Literal[1, 2, 3]
+    lora: dict[str, Any] | None = None  # peft LoraConfig kwargs for stages 2-3 (None: the full LM trains)
+
+    # batches: `batch_size` per process, `grad_accum` micro-batches per optimizer step
+    batch_size: int = Field(default=8, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    group_by_length: bool = True
+    max_length: int | None = Field(default=None, gt=0)
+    gradient_checkpointing: bool = False  # recompute LM activations in backward: less memory, ~30% slower
+
+    betas: tuple[float, float] = (0.9, 0.98)
+    max_grad_norm: float | None = 1.0
+
+    # runtime
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    cache_media: bool = True  # keep decoded media in memory (small synthetic sets)
+
+    # bookkeeping
+    eval_every: int = Field(default=0, ge=0)  # 0: only at the end
+    eval_generate: int = Field(default=0, ge=0)  # held-out samples answered by generation for grounding metrics
+    save_every: int = Field(default=0, ge=0)  # resumable checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = Field(default=2, gt=0)
+
     @property
     def checkpoint_dir(self) -> Path:
         return self.output_dir / "checkpoints"
 
 
-class EncoderConfig(BaseModel):
+class EncoderConfig(StageConfig):
     """Stage 0 (omniground.train.encoders): the from-scratch encoders pre-trained on dense synthetic labels."""
 
-    model_config = ConfigDict(extra="forbid")
-
     stage: Literal[0]
-    output_dir: Path
-    model: ModelInit
-    train_data: list[DataSource] = Field(min_length=1)
-    eval_data: list[DataSource] = Field(default_factory=list)
     modalities: list[Literal["image", "audio"]] = ["image", "audio"]
-    batch_size: int = Field(default=64, gt=0)
-    max_steps: int = Field(gt=0)  # per modality
-    lr: float = Field(default=1e-3, gt=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=0, ge=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    seed: int = 0
-    num_threads: int | None = Field(default=None, gt=0)
-    log_every: int = Field(default=10, gt=0)
+    batch_size: int = Field(default=64, gt=0)  # max_steps counts per modality
     freeze_after: bool = True  # the saved model's encoders stay frozen in stages 1-3 (train_encoders=False)
-
-    @property
-    def model_dir(self) -> Path:
-        return self.output_dir / "model"
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig | EncoderConfig:
