@@ -132,6 +132,10 @@ class OmniGroundConfig(PreTrainedConfig):
     # `<loc_k>` tokens point into the image (Kosmos-2/pointer style): their LM-head logits and input
     # embeddings get a term computed from the patch-grid column (x) / row (y) at bin k. See LocationPointer.
     location_pointer: bool = False
+    # A box on the image is a pointer at one of its patches, whose box a regressor (trained in stage 0)
+    # reads off (Groma-style regions): the LM picks a patch instead of writing four coordinates, and the
+    # `<loc_k>` tokens it emits are that patch's box. See RegionPointer.
+    region_boxes: bool = False
     new_token_start_id: int = -1  # first id added by omniground: these rows of the embeddings always train
     # training
     train_encoders: bool = False  # True only for the from-scratch encoders of the tiny default
@@ -512,6 +516,74 @@ def first_image_per_row(input_ids: torch.Tensor, image_token_id: int, tokens_per
 
 
 # =================================================================================================
+# Region boxes: a box is a pointer at one of the image's patches, read off a box regressor
+# =================================================================================================
+
+
+def pairwise_box_iou(boxes: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """boxes (M, P, 4), target (M, 4), x1 y1 x2 y2 -> IoU (M, P)."""
+    t = target[:, None, :]
+    w = (torch.minimum(boxes[..., 2], t[..., 2]) - torch.maximum(boxes[..., 0], t[..., 0])).clamp_min(0)
+    h = (torch.minimum(boxes[..., 3], t[..., 3]) - torch.maximum(boxes[..., 1], t[..., 1])).clamp_min(0)
+    inter = w * h
+    area = lambda b: (b[..., 2] - b[..., 0]).clamp_min(0) * (b[..., 3] - b[..., 1]).clamp_min(0)  # noqa: E731
+    return inter / (area(boxes) + area(t) - inter).clamp_min(1e-9)
+
+
+def region_targets(boxes: torch.Tensor, target: torch.Tensor, min_iou: float = 0.5) -> torch.Tensor:
+    """(M, P) bool: the patches whose regressed box would answer right (IoU >= min_iou with the target);
+    where none would, the patch holding the target's centre."""
+    good = pairwise_box_iou(boxes, target) >= min_iou
+    g = math.isqrt(boxes.shape[1])
+    cx = ((target[:, 0] + target[:, 2]) / 2 * g).long().clamp(0, g - 1)
+    cy = ((target[:, 1] + target[:, 3]) / 2 * g).long().clamp(0, g - 1)
+    centre = F.one_hot(cy * g + cx, boxes.shape[1]).bool()
+    return torch.where(good.any(1, keepdim=True), good, centre)
+
+
+def box_bins(box: torch.Tensor, num_bins: int) -> list[int]:
+    """A regressed box (4,) in [0, 1] -> its four location bins, ordered and at least one bin wide."""
+    x1, y1, x2, y2 = (box.clamp(0, 1) * (num_bins - 1)).round().long().tolist()
+    (x1, x2), (y1, y2) = sorted((x1, x2)), sorted((y1, y2))
+    return [x1, y1, max(x2, min(x1 + 1, num_bins - 1)), max(y2, min(y1 + 1, num_bins - 1))]
+
+
+class RegionPointer(nn.Module):
+    """A box as a pointer at one of the image's patches (Groma-style regions, one per patch).
+
+    `box` regresses, from each vision-tower patch feature, the box of the object that covers the patch
+    (FCOS-style; trained in stage 0 on the generator's exact labels, frozen with the encoders). From
+    the LM's hidden state at a `<|box|>` token, `query` . `key` scores which patch the box names
+    (trained from stage 1 on, like the adapters). When generating, the model then writes the chosen
+    patch's box as its four `<loc_k>` tokens, so answers keep their format. Why: a from-scratch LM
+    learns to pick one of g*g patches far sooner than to write four coordinates (feasibility.md;
+    configs/omniground-tiny/README.md). Training maximises the probability of the patches whose
+    regressed box would be right (`region_targets`).
+    """
+
+    def __init__(self, vision_dim: int, hidden: int):
+        super().__init__()
+        self.box = nn.Linear(vision_dim, 4)
+        self.key = nn.Sequential(nn.LayerNorm(vision_dim), nn.Linear(vision_dim, hidden))
+        self.query = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden))
+        self.scale = hidden**-0.5
+
+    def boxes(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, P, Dv) patch features -> (N, P, 4) boxes, x1 y1 x2 y2 in [0, 1] of the model's square frame."""
+        return torch.sigmoid(self.box(patches))
+
+    def logits(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """hidden (M, H) at `<|box|>` tokens, keys (M, P, H) of their images -> (M, P) patch scores."""
+        return torch.einsum("mh,mph->mp", self.query(hidden), keys) * self.scale
+
+    def loss(self, hidden: torch.Tensor, keys: torch.Tensor, boxes: torch.Tensor, target: torch.Tensor):
+        """Mean -log P(a patch whose box is right) over M boxes; target (M, 4) in [0, 1]."""
+        logits = self.logits(hidden, keys).float()
+        good = region_targets(boxes.detach().float(), target.float())
+        return (logits.logsumexp(1) - logits.masked_fill(~good, float("-inf")).logsumexp(1)).mean()
+
+
+# =================================================================================================
 # Merge
 # =================================================================================================
 
@@ -597,6 +669,12 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 raise ValueError("location_pointer needs num_location_bins > 0 (the <loc_k> tokens it ties)")
             self.location_pointer = LocationPointer(hidden, config.num_location_bins)
         self._pointer_feats = None  # (X, Y) of the current generate() batch, kept past the prefill step
+        self.region_pointer = None
+        if config.region_boxes:
+            if config.num_location_bins <= 0 or config.location_pointer:
+                raise ValueError("region_boxes needs num_location_bins > 0 and no location_pointer")
+            self.region_pointer = RegionPointer(self.vision_tower.hidden_size, hidden)
+        self._regions = None  # the current generate() batch's region keys/boxes and boxes being written
         self._new_token_hooks: list = []
         self.post_init()
         # Sub-models passed in already built keep the attention implementation the config asks for
@@ -621,7 +699,10 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
     # ---- media -> LM-space tokens ----
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(Ni, 3, S, S) -> (Ni, K_image, H)."""
-        patches = self.vision_tower(pixel_values.to(self.vision_dtype))  # (Ni, P, Dv)
+        return self.project_images(self.vision_tower(pixel_values.to(self.vision_dtype)))
+
+    def project_images(self, patches: torch.Tensor) -> torch.Tensor:
+        """Vision-tower patches (Ni, P, Dv) -> (Ni, K_image, H)."""
         tokens = self.image_projector(pool_patch_grid(patches, self.config.image_pool))
         if self.config.center_image_tokens:
             tokens = tokens - tokens.mean(1, keepdim=True)
@@ -686,8 +767,10 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, H)
             media: dict[int, torch.Tensor] = {}
+            image_patches = None
             if pixel_values is not None:
-                media[self.config.image_token_id] = self.encode_images(pixel_values)
+                image_patches = self.vision_tower(pixel_values.to(self.vision_dtype))  # (Ni, P, Dv)
+                media[self.config.image_token_id] = self.project_images(image_patches)
             if video_pixel_values is not None:
                 media[self.config.video_token_id] = self.encode_videos(
                     video_pixel_values, video_frame_mask, video_timestamps, video_durations
@@ -705,6 +788,12 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             if self.location_pointer is not None:
                 return self._forward_pointer(
                     input_ids, inputs_embeds, media.get(self.config.image_token_id), prefill,
+                    attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+                    labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
+                )
+            if self.region_pointer is not None:
+                return self._forward_regions(
+                    input_ids, inputs_embeds, image_patches, prefill,
                     attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
                     labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
                 )
@@ -775,6 +864,73 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             hidden_states=getattr(out, "hidden_states", None), attentions=getattr(out, "attentions", None),
         )
 
+    def _forward_regions(
+        self, input_ids, inputs_embeds, image_patches, prefill, *, attention_mask, position_ids, past_key_values,
+        labels, use_cache, logits_to_keep, **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """The forward pass with boxes as region pointers (config.region_boxes): see RegionPointer.
+
+        With labels (training): the LM loss + the pointer loss at every `<|box|>` whose four location
+        tokens are targets, on the row's first image. Without (generation): wherever the model is to write
+        a box on an image, its next four tokens are forced to the chosen patch's box; the patch keys and
+        boxes of the prefill step, and the tokens still to write, are kept for the decode steps.
+        """
+        rp, n, start, box_id = self.region_pointer, self.config.num_location_bins, self.config.loc_token_start_id, \
+            self.config.box_token_id
+        b = input_ids.shape[0]
+        keys = boxes = None
+        has = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        if image_patches is not None:
+            row = first_image_per_row(input_ids, self.config.image_token_id, self.config.num_image_tokens)
+            has, idx = row >= 0, row.clamp_min(0)
+            keys, boxes = rp.key(image_patches)[idx], rp.boxes(image_patches)[idx]  # (B, P, H), (B, P, 4)
+        out = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+        )
+        hidden = out.last_hidden_state  # (B, L, H)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.get_output_embeddings()(hidden[:, keep])  # (B, L', V)
+        loss = None
+        if labels is not None:
+            loss = self.language_model.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1],
+                                                     **kwargs)
+            length = input_ids.shape[1]
+            if keys is not None and length >= 5:
+                after = torch.stack([input_ids[:, 1 + j : length - 3 + j] for j in range(4)], -1)  # (B, L-4, 4)
+                at_box = (input_ids[:, : length - 4] == box_id) & ((after >= start) & (after < start + n)).all(-1)
+                at_box &= (labels[:, 1 : length - 3] != -100) & has[:, None]
+                rows, pos = at_box.nonzero(as_tuple=True)
+                if len(rows):
+                    target = (after[rows, pos] - start).to(hidden.dtype) / (n - 1)  # (M, 4) x1 y1 x2 y2
+                    loss = loss + rp.loss(hidden[rows, pos], keys[rows], boxes[rows], target)
+        else:
+            if prefill or self._regions is None or len(self._regions["pending"]) != b:
+                self._regions = {"keys": None if keys is None else keys.detach(), "has": has,
+                                 "boxes": None if boxes is None else boxes.detach(), "pending": [[] for _ in range(b)]}
+            state = self._regions
+            for r in range(b):
+                todo = state["pending"][r]
+                if not todo and state["has"][r] and prefill:  # a prompt may end inside a box (no cache)
+                    ids = input_ids[r].tolist()
+                    j = 0
+                    while j < 4 and len(ids) > j + 1 and start <= ids[-1 - j] < start + n:
+                        j += 1
+                    if j < 4 and len(ids) > j and ids[-1 - j] == box_id:
+                        choice = rp.logits(hidden[r, -1 - j][None], state["keys"][r][None])[0].argmax()
+                        todo[:] = box_bins(state["boxes"][r, choice], n)[j:]
+                elif not todo and state["has"][r] and int(input_ids[r, -1]) == box_id:
+                    choice = rp.logits(hidden[r, -1][None], state["keys"][r][None])[0].argmax()
+                    todo[:] = box_bins(state["boxes"][r, choice], n)
+                if todo:
+                    forced = torch.full_like(logits[r, -1], float("-inf"))
+                    forced[start + todo.pop(0)] = 0.0
+                    logits[r, -1] = forced
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=out.past_key_values,
+            hidden_states=getattr(out, "hidden_states", None), attentions=getattr(out, "attentions", None),
+        )
+
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         """Media only in the prefill step: afterwards the KV cache already holds them."""
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
@@ -785,7 +941,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
 
     # ---- what trains when: the one place that says it ----
     def adapter_modules(self) -> list[nn.Module]:
-        extra = [self.location_pointer] if self.location_pointer is not None else []
+        extra = [m for m in (self.location_pointer, self.region_pointer) if m is not None]
         return [self.image_projector, self.video_resampler, self.audio_resampler, *extra]
 
     def encoder_modules(self) -> list[nn.Module]:
@@ -814,6 +970,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if self.config.train_encoders:
             for m in self.encoder_modules():
                 m.requires_grad_(True)
+        elif self.region_pointer is not None:  # its box regressor belongs with the encoders (stage 0)
+            self.region_pointer.box.requires_grad_(False)
         if stage >= 2 and lora is None:
             self.language_model.requires_grad_(True)
             return

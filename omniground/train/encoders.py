@@ -10,7 +10,8 @@ media-independent output (measured in configs/omniground-tiny/README.md), so the
   audio: for every encoder frame (20 ms), which sounds / spoken phrases are on.
 Video frames go through the same vision tower, so they inherit the image pre-training.
 
-The heads are thrown away; the output is a whole omniground checkpoint (encoders pre-trained,
+The heads are thrown away, except the box regressor when the model has `region_boxes` (it is the
+model's RegionPointer.box, which reads boxes off the patches the LM points at); the output is a whole omniground checkpoint (encoders pre-trained,
 everything else as built) that stage 1 starts from. Run by `omniground train` with `stage: 0`.
 """
 
@@ -31,6 +32,7 @@ from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.data.synth import assets
+from omniground.model.modeling_omniground import pairwise_box_iou
 from omniground.train.config import EncoderConfig
 from omniground.train.data import TrainItem, load_sources
 
@@ -97,11 +99,13 @@ def frame_targets(
 
 
 class ImageHeads(nn.Module):
-    def __init__(self, dim: int):
+    """`box` may be the model's own regressor (RegionPointer.box): then it is trained here and kept."""
+
+    def __init__(self, dim: int, box: nn.Linear | None = None):
         super().__init__()
         self.category = nn.Linear(dim, 1 + len(OBJECT_NAMES))
         self.colour = nn.Linear(dim, len(COLOUR_NAMES))
-        self.box = nn.Linear(dim, 4)
+        self.box = box if box is not None else nn.Linear(dim, 4)
 
     def loss(self, patches: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """patches (B, P, D); targets as `patch_targets`, batched."""
@@ -109,10 +113,14 @@ class ImageHeads(nn.Module):
         loss_cat = F.cross_entropy(cat_logits.flatten(0, 1), t["category"].flatten())
         on = t["category"] > 0  # (B, P)
         loss_col = F.cross_entropy(self.colour(patches)[on], t["colour"][on]) if on.any() else patches.sum() * 0
-        loss_box = F.l1_loss(torch.sigmoid(self.box(patches))[on], t["box"][on]) if on.any() else patches.sum() * 0
+        boxes = torch.sigmoid(self.box(patches))[on]
+        loss_box = F.l1_loss(boxes, t["box"][on]) if on.any() else patches.sum() * 0
         with torch.no_grad():
             hit = (cat_logits.argmax(-1) == t["category"])[on].float().mean().item() if on.any() else 0.0
-        return loss_cat + loss_col + 5.0 * loss_box, {"object_patch_acc": hit, "box_l1": loss_box.item()}
+            # share of covered patches whose box alone would pass Acc@0.5: the ceiling of region boxes
+            iou50 = (pairwise_box_iou(boxes[:, None], t["box"][on]) >= 0.5).float().mean().item() if on.any() else 0.0
+        return loss_cat + loss_col + 5.0 * loss_box, {"object_patch_acc": hit, "box_l1": loss_box.item(),
+                                                      "box_iou50": iou50}
 
 
 class AudioHeads(nn.Module):
@@ -262,7 +270,8 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
             if train_set is not None:
                 branches["image"] = dict(
                     encoder=vit,
-                    heads=ImageHeads(vit.norm.normalized_shape[0]),
+                    heads=ImageHeads(vit.norm.normalized_shape[0],
+                                     model.region_pointer.box if model.region_pointer is not None else None),
                     train=train_set,
                     eval=load_image_set(eval_items, processor, grid),
                 )
