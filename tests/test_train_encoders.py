@@ -131,6 +131,7 @@ def test_stage0_learns_the_dense_labels_saves_frozen_encoders_and_keeps_the_rest
     from omniground.model.modeling_omniground import OmniGroundConfig
 
     cfg = _config(tmp_path, synth_data)
+    cfg.model.tiny["region_boxes"] = True  # the model's own box regressor is the box head, and is kept
     summary = pretrain_encoders(cfg)
     assert summary["branches"] == ["image", "audio"]
     for branch in ("image", "audio"):
@@ -150,6 +151,10 @@ def test_stage0_learns_the_dense_labels_saves_frozen_encoders_and_keeps_the_rest
     assert vit and lm
     assert any(not torch.equal(saved[k], fresh[k]) for k in vit)  # the encoder learned
     assert all(torch.equal(saved[k], fresh[k]) for k in lm)  # the LM was not touched
+    assert not torch.equal(saved["region_pointer.box.weight"], fresh["region_pointer.box.weight"])
+    assert torch.equal(saved["region_pointer.query.1.weight"], fresh["region_pointer.query.1.weight"])
+    image_eval = next(e for e in summary["evals"] if e["branch"] == "image")
+    assert 0.0 <= image_eval["box_iou50"] <= 1.0
 
     # a later stage's set_stage leaves them frozen
     from omniground.model.api import load

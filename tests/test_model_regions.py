@@ -1,0 +1,143 @@
+"""`region_boxes`: a box on the image is a pointer at one of its patches, read off a box regressor."""
+
+import pytest
+import torch
+from micro import image, micro_model, turn
+
+from omniground.model import OmniGround
+from omniground.model.modeling_omniground import box_bins, pairwise_box_iou, region_targets
+
+CONVS = [turn("<image>\nWhere is the cat?", "the cat[0.100,0.200,0.500,0.600]"),
+         turn("Say hi.", "hi"),
+         turn("<image>\nWhere are the dogs?", "dogs[0.300,0.100,0.900,0.700] and[0.000,0.500,0.250,1.000]")]
+MEDIA = [[image(0)], None, [image(1)]]
+
+
+def batch(og):
+    inputs, _ = og.processor.prepare(CONVS, MEDIA, add_generation_prompt=False, return_labels=True,
+                                     padding_side="right")
+    return inputs
+
+
+def spread_boxes(og, seed=1):
+    """Random box regressor weights, large enough that the patches' boxes differ."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in og.model.region_pointer.box.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+
+
+def test_flag_adds_only_the_region_pointer_and_checks_its_needs():
+    plain, regions = micro_model(), micro_model(region_boxes=True)
+    assert plain.model.region_pointer is None
+    extra = set(regions.model.state_dict()) - set(plain.model.state_dict())
+    assert extra and all(k.startswith("region_pointer.") for k in extra)
+    with pytest.raises(ValueError, match="num_location_bins"):
+        micro_model(num_location_bins=0, region_boxes=True)
+    with pytest.raises(ValueError, match="location_pointer"):
+        micro_model(region_boxes=True, location_pointer=True)
+
+
+def test_region_targets_are_the_patches_whose_box_is_right_else_the_centre_patch():
+    boxes = torch.tensor([[[0, 0, 0.5, 0.5], [0.05, 0, 0.5, 0.5], [0.5, 0.5, 1, 1], [0, 0, 1, 1]]])  # 2x2 grid
+    good = region_targets(boxes, torch.tensor([[0, 0, 0.5, 0.5]]))
+    assert good.tolist() == [[True, True, False, False]]
+    # no patch's box is right: the patch holding the centre (0.8, 0.3) -> column 1, row 0 = patch 1
+    assert region_targets(boxes, torch.tensor([[0.7, 0.2, 0.9, 0.4]])).tolist() == [[False, True, False, False]]
+    assert pairwise_box_iou(boxes, torch.tensor([[0, 0, 1, 1.0]]))[0, 3] == 1.0
+    assert box_bins(torch.tensor([0.9, 0.1, 0.2, 0.5]), 11) == [2, 1, 9, 5]  # ordered
+    assert box_bins(torch.tensor([0.5, 0.5, 0.5, 1.2]), 11) == [5, 5, 6, 10]  # one bin wide, clamped
+
+
+def test_training_loss_adds_the_pointer_loss_of_every_target_box_and_trains_pointer_not_regressor():
+    og = micro_model(region_boxes=True)
+    m = og.model
+    spread_boxes(og)
+    m.config.train_encoders = False
+    m.set_stage(2)
+    assert not any(p.requires_grad for p in m.region_pointer.box.parameters())  # trained in stage 0
+    assert all(p.requires_grad for p in m.region_pointer.query.parameters())
+    inputs = batch(og)
+    out = m(**inputs)
+    # the same loss by hand: LM loss + pointer loss over the three answer boxes (rows 0 and 2)
+    rp, cfg = m.region_pointer, m.config
+    with torch.no_grad():
+        pointer, m.region_pointer = m.region_pointer, None
+        lm_loss = m(**inputs).loss
+        m.region_pointer = pointer
+        patches = m.vision_tower(inputs["pixel_values"])
+        ids = inputs["input_ids"]
+        hidden = m.language_model.get_decoder()(
+            inputs_embeds=m.language_model.get_input_embeddings()(ids).masked_scatter(
+                (ids == cfg.image_token_id)[..., None], m.project_images(patches)),
+            attention_mask=inputs["attention_mask"]).last_hidden_state
+        rows, pos = (ids == cfg.box_token_id).nonzero(as_tuple=True)
+        assert rows.tolist() == [0, 2, 2]
+        image_of_row = torch.tensor([0, 1, 1])
+        target = (torch.stack([ids[r, p + 1 : p + 5] for r, p in zip(rows, pos)]) - cfg.loc_token_start_id) / (
+            cfg.num_location_bins - 1)
+        want = lm_loss + rp.loss(hidden[rows, pos], rp.key(patches)[image_of_row],
+                                 rp.boxes(patches)[image_of_row], target)
+    torch.testing.assert_close(out.loss, want, rtol=1e-4, atol=1e-4)
+    out.loss.backward()
+    assert rp.query[1].weight.grad.abs().sum() > 0 and rp.key[1].weight.grad.abs().sum() > 0
+
+
+def _prompts_ending_in_a_box(og):
+    inputs, _ = og.processor.prepare(
+        [[{"role": "user", "content": "<image>\nWhere is the cat?"}], [{"role": "user", "content": "<image>\nAnd?"}]],
+        [[image(0)], [image(1, w=32, h=48)]], add_generation_prompt=True, padding_side="left",
+    )
+    box = torch.full((2, 1), og.model.config.box_token_id)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], box], 1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(box)], 1)
+    return inputs
+
+
+def test_generation_writes_the_box_of_the_patch_the_pointer_chooses():
+    og = micro_model(region_boxes=True)
+    m, cfg = og.model, og.model.config
+    spread_boxes(og)
+    inputs = _prompts_ending_in_a_box(og)
+    with torch.no_grad():
+        out = m.generate(**inputs, max_new_tokens=4, do_sample=False)[:, -4:]
+        # what the pointer chooses, by hand, from the hidden state at the final <|box|>
+        patches = m.vision_tower(inputs["pixel_values"])
+        dec = m.language_model.get_decoder()(
+            inputs_embeds=m.language_model.get_input_embeddings()(inputs["input_ids"]).masked_scatter(
+                (inputs["input_ids"] == cfg.image_token_id)[..., None], m.project_images(patches)),
+            attention_mask=inputs["attention_mask"],
+            position_ids=(inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)).last_hidden_state[:, -1]
+        rp = m.region_pointer
+        boxes, keys = rp.boxes(patches), rp.key(patches)
+        choice = rp.logits(dec, keys).argmax(-1)
+    for r in range(2):
+        want = [cfg.loc_token_start_id + b for b in box_bins(boxes[r, choice[r]], cfg.num_location_bins)]
+        assert out[r].tolist() == want
+    assert len({tuple(b) for b in out.tolist()}) == 2  # the two images' boxes differ
+    # without a KV cache (every step a full forward) the same tokens come out; one row alone too
+    with torch.no_grad():
+        nocache = m.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)[:, -4:]
+        single = {k: v[1:] for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        single["pixel_values"] = inputs["pixel_values"][1:]
+        alone = m.generate(**single, max_new_tokens=4, do_sample=False)[:, -4:]
+    assert nocache.tolist() == out.tolist()
+    assert alone[0].tolist() == out[1].tolist()
+
+
+def test_the_written_box_is_the_regressed_box_and_survives_save_and_load(tmp_path):
+    og = micro_model(region_boxes=True)
+    m, cfg = og.model, og.model.config
+    with torch.no_grad():  # every patch regresses the same box: (0.25, 0.5) - (0.75, 1.0) of the square
+        m.region_pointer.box.weight.zero_()
+        m.region_pointer.box.bias.copy_(torch.logit(torch.tensor([0.25, 0.5, 0.75, 1.0]).clamp(1e-4, 1 - 1e-4)))
+        ids = m.generate(**_prompts_ending_in_a_box(og), max_new_tokens=4, do_sample=False)[0, -4:]
+    text = og.processor.decode(torch.cat([torch.tensor([cfg.box_token_id]), ids]))
+    n = cfg.num_location_bins - 1
+    assert text == "[{:.3f},{:.3f},{:.3f},{:.3f}]".format(
+        round(0.25 * n) / n, round(0.5 * n) / n, round(0.75 * n) / n, 1.0)
+    og.save_pretrained(tmp_path)
+    back = OmniGround.from_pretrained(tmp_path)
+    assert back.model.config.region_boxes is True
+    for k, v in og.model.region_pointer.state_dict().items():
+        torch.testing.assert_close(back.model.region_pointer.state_dict()[k], v)
