@@ -27,6 +27,15 @@ def spread_boxes(og, seed=1):
             p.copy_(torch.randn(p.shape, generator=g))
 
 
+def _hidden(m, inputs, patches):
+    """The LM's last hidden states for `inputs`, by hand: image tokens written over their placeholders."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    embeds = m.get_input_embeddings()(ids).masked_scatter((ids == m.config.image_token_id)[..., None],
+                                                          m.project_images(patches))
+    return m.language_model.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
+                                          position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).last_hidden_state
+
+
 def test_flag_adds_only_the_region_pointer_and_checks_its_needs():
     plain, regions = micro_model(), micro_model(region_boxes=True)
     assert plain.model.region_pointer is None
@@ -67,10 +76,7 @@ def test_training_loss_adds_the_pointer_loss_of_every_target_box_and_trains_poin
         m.region_pointer = pointer
         patches = m.vision_tower(inputs["pixel_values"])
         ids = inputs["input_ids"]
-        hidden = m.language_model.get_decoder()(
-            inputs_embeds=m.language_model.get_input_embeddings()(ids).masked_scatter(
-                (ids == cfg.image_token_id)[..., None], m.project_images(patches)),
-            attention_mask=inputs["attention_mask"]).last_hidden_state
+        hidden = _hidden(m, inputs, patches)
         rows, pos = (ids == cfg.box_token_id).nonzero(as_tuple=True)
         assert rows.tolist() == [0, 2, 2]
         image_of_row = torch.tensor([0, 1, 1])
@@ -103,11 +109,7 @@ def test_generation_writes_the_box_of_the_patch_the_pointer_chooses():
         out = m.generate(**inputs, max_new_tokens=4, do_sample=False)[:, -4:]
         # what the pointer chooses, by hand, from the hidden state at the final <|box|>
         patches = m.vision_tower(inputs["pixel_values"])
-        dec = m.language_model.get_decoder()(
-            inputs_embeds=m.language_model.get_input_embeddings()(inputs["input_ids"]).masked_scatter(
-                (inputs["input_ids"] == cfg.image_token_id)[..., None], m.project_images(patches)),
-            attention_mask=inputs["attention_mask"],
-            position_ids=(inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)).last_hidden_state[:, -1]
+        dec = _hidden(m, inputs, patches)[:, -1]
         rp = m.region_pointer
         boxes, keys = rp.boxes(patches), rp.key(patches)
         choice = rp.logits(dec, keys).argmax(-1)
@@ -129,8 +131,8 @@ def test_the_written_box_is_the_regressed_box_and_survives_save_and_load(tmp_pat
     og = micro_model(region_boxes=True)
     m, cfg = og.model, og.model.config
     with torch.no_grad():  # every patch regresses the same box: (0.25, 0.5) - (0.75, 1.0) of the square
-        m.region_pointer.box.weight.zero_()
-        m.region_pointer.box.bias.copy_(torch.logit(torch.tensor([0.25, 0.5, 0.75, 1.0]).clamp(1e-4, 1 - 1e-4)))
+        m.region_pointer.box[-1].weight.zero_()
+        m.region_pointer.box[-1].bias.copy_(torch.logit(torch.tensor([0.25, 0.5, 0.75, 1.0]).clamp(1e-4, 1 - 1e-4)))
         ids = m.generate(**_prompts_ending_in_a_box(og), max_new_tokens=4, do_sample=False)[0, -4:]
     text = og.processor.decode(torch.cat([torch.tensor([cfg.box_token_id]), ids]))
     n = cfg.num_location_bins - 1

@@ -520,14 +520,20 @@ def first_image_per_row(input_ids: torch.Tensor, image_token_id: int, tokens_per
 # =================================================================================================
 
 
-def pairwise_box_iou(boxes: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """boxes (M, P, 4), target (M, 4), x1 y1 x2 y2 -> IoU (M, P)."""
+def pairwise_box_iou(boxes: torch.Tensor, target: torch.Tensor, generalized: bool = False) -> torch.Tensor:
+    """boxes (M, P, 4), target (M, 4), x1 y1 x2 y2 -> IoU (M, P); `generalized`: GIoU (as DETR's box loss)."""
     t = target[:, None, :]
     w = (torch.minimum(boxes[..., 2], t[..., 2]) - torch.maximum(boxes[..., 0], t[..., 0])).clamp_min(0)
     h = (torch.minimum(boxes[..., 3], t[..., 3]) - torch.maximum(boxes[..., 1], t[..., 1])).clamp_min(0)
     inter = w * h
     area = lambda b: (b[..., 2] - b[..., 0]).clamp_min(0) * (b[..., 3] - b[..., 1]).clamp_min(0)  # noqa: E731
-    return inter / (area(boxes) + area(t) - inter).clamp_min(1e-9)
+    union = area(boxes) + area(t) - inter
+    iou = inter / union.clamp_min(1e-9)
+    if not generalized:
+        return iou
+    hull = (torch.maximum(boxes[..., 2], t[..., 2]) - torch.minimum(boxes[..., 0], t[..., 0])) * (
+        torch.maximum(boxes[..., 3], t[..., 3]) - torch.minimum(boxes[..., 1], t[..., 1]))
+    return iou - (hull - union) / hull.clamp_min(1e-9)
 
 
 def region_targets(boxes: torch.Tensor, target: torch.Tensor, min_iou: float = 0.5) -> torch.Tensor:
@@ -563,7 +569,7 @@ class RegionPointer(nn.Module):
 
     def __init__(self, vision_dim: int, hidden: int):
         super().__init__()
-        self.box = nn.Linear(vision_dim, 4)
+        self.box = nn.Sequential(nn.Linear(vision_dim, vision_dim), nn.GELU(), nn.Linear(vision_dim, 4))
         self.key = nn.Sequential(nn.LayerNorm(vision_dim), nn.Linear(vision_dim, hidden))
         self.query = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden))
         self.scale = hidden**-0.5
@@ -844,14 +850,10 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             extra = torch.gather(table, 1, k[..., None].expand(-1, -1, hdim))  # (B, L, H)
             inputs_embeds = inputs_embeds + extra * is_loc[..., None].to(extra.dtype)
 
-        out = self.language_model.get_decoder()(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
-        )
-        hidden = out.last_hidden_state  # (B, L, H)
+        out, hidden, logits = self._decode(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache,
+                                           logits_to_keep, **kwargs)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         hidden = hidden[:, keep]
-        logits = self.get_output_embeddings()(hidden)  # (B, L', V)
         loc_logits = logits[..., start : start + n] + pointer.logits(hidden, feats).to(logits.dtype)
         logits = torch.cat([logits[..., :start], loc_logits, logits[..., start + n :]], dim=-1)
         loss = None
@@ -859,6 +861,21 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             loss = self.language_model.loss_function(
                 logits=logits, labels=labels, vocab_size=logits.shape[-1], **kwargs
             )
+        return self._output(loss, logits, out)
+
+    def _decode(self, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep,
+                **kwargs):
+        """The LM's decoder and head run apart (the pointers need the hidden states): (out, hidden, logits)."""
+        out = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+        )
+        hidden = out.last_hidden_state  # (B, L, H)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return out, hidden, self.get_output_embeddings()(hidden[:, keep])  # logits (B, L', V)
+
+    @staticmethod
+    def _output(loss, logits, out) -> CausalLMOutputWithPast:
         return CausalLMOutputWithPast(
             loss=loss, logits=logits, past_key_values=out.past_key_values,
             hidden_states=getattr(out, "hidden_states", None), attentions=getattr(out, "attentions", None),
@@ -884,13 +901,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             row = first_image_per_row(input_ids, self.config.image_token_id, self.config.num_image_tokens)
             has, idx = row >= 0, row.clamp_min(0)
             keys, boxes = rp.key(image_patches)[idx], rp.boxes(image_patches)[idx]  # (B, P, H), (B, P, 4)
-        out = self.language_model.get_decoder()(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
-        )
-        hidden = out.last_hidden_state  # (B, L, H)
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.get_output_embeddings()(hidden[:, keep])  # (B, L', V)
+        out, hidden, logits = self._decode(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache,
+                                           logits_to_keep, **kwargs)
         loss = None
         if labels is not None:
             loss = self.language_model.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1],
@@ -926,10 +938,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     forced = torch.full_like(logits[r, -1], float("-inf"))
                     forced[start + todo.pop(0)] = 0.0
                     logits[r, -1] = forced
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values,
-            hidden_states=getattr(out, "hidden_states", None), attentions=getattr(out, "attentions", None),
-        )
+        return self._output(loss, logits, out)
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         """Media only in the prefill step: afterwards the KV cache already holds them."""

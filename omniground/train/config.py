@@ -121,6 +121,7 @@ class EncoderConfig(StageConfig):
     stage: Literal[0]
     modalities: list[Literal["image", "audio"]] = ["image", "audio"]
     batch_size: int = Field(default=64, gt=0)  # max_steps counts per modality
+    steps: dict[Literal["image", "audio"], int] = {}  # a modality's own step count instead of max_steps
     freeze_after: bool = True  # the saved model's encoders stay frozen in stages 1-3 (train_encoders=False)
 
 

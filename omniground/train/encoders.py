@@ -101,7 +101,7 @@ def frame_targets(
 class ImageHeads(nn.Module):
     """`box` may be the model's own regressor (RegionPointer.box): then it is trained here and kept."""
 
-    def __init__(self, dim: int, box: nn.Linear | None = None):
+    def __init__(self, dim: int, box: nn.Module | None = None):
         super().__init__()
         self.category = nn.Linear(dim, 1 + len(OBJECT_NAMES))
         self.colour = nn.Linear(dim, len(COLOUR_NAMES))
@@ -114,13 +114,17 @@ class ImageHeads(nn.Module):
         on = t["category"] > 0  # (B, P)
         loss_col = F.cross_entropy(self.colour(patches)[on], t["colour"][on]) if on.any() else patches.sum() * 0
         boxes = torch.sigmoid(self.box(patches))[on]
-        loss_box = F.l1_loss(boxes, t["box"][on]) if on.any() else patches.sum() * 0
+        if on.any():  # L1 + GIoU with DETR's weights: L1 alone under-weights the small boxes' errors
+            loss_box = F.l1_loss(boxes, t["box"][on])
+            giou = pairwise_box_iou(boxes[:, None], t["box"][on], generalized=True)
+        else:
+            loss_box, giou = patches.sum() * 0, patches.new_ones(1, 1)
         with torch.no_grad():
             hit = (cat_logits.argmax(-1) == t["category"])[on].float().mean().item() if on.any() else 0.0
             # share of covered patches whose box alone would pass Acc@0.5: the ceiling of region boxes
             iou50 = (pairwise_box_iou(boxes[:, None], t["box"][on]) >= 0.5).float().mean().item() if on.any() else 0.0
-        return loss_cat + loss_col + 5.0 * loss_box, {"object_patch_acc": hit, "box_l1": loss_box.item(),
-                                                      "box_iou50": iou50}
+        loss = loss_cat + loss_col + 5.0 * loss_box + 2.0 * (1 - giou).mean()
+        return loss, {"object_patch_acc": hit, "box_l1": loss_box.item(), "box_iou50": iou50}
 
 
 class AudioHeads(nn.Module):
@@ -299,11 +303,12 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
     t0 = time.time()
     for name, b in branches.items():
         enc, heads = b["encoder"], b["heads"]
+        steps = cfg.steps.get(name, cfg.max_steps)
         enc.train()
         params = list(enc.parameters()) + list(heads.parameters())
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         schedule = get_cosine_with_min_lr_schedule_with_warmup(
-            opt, cfg.warmup_steps, cfg.max_steps, min_lr_rate=cfg.min_lr_ratio
+            opt, cfg.warmup_steps, steps, min_lr_rate=cfg.min_lr_ratio
         )  # as the trainer's
         data, n = b["train"], len(b["train"])
         order: list[int] = []
@@ -315,8 +320,8 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
             TimeRemainingColumn(),
             console=console,
         ) as bar:
-            task = bar.add_task(name, total=cfg.max_steps, info="")
-            for step in range(cfg.max_steps):
+            task = bar.add_task(name, total=steps, info="")
+            for step in range(steps):
                 if len(order) < cfg.batch_size:
                     order += rng.sample(range(n), n)
                 idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
@@ -337,14 +342,14 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
                     "elapsed_s": time.time() - t0,
                 }
                 history.append(row)
-                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+                if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
                     bar.update(
                         task,
                         completed=step + 1,
                         info=f"loss {row['loss']:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in info.items()),
                     )
         if b["eval"] is not None:
-            evals.append({"branch": name, "step": cfg.max_steps, **evaluate_branch(enc, heads, b["eval"])})
+            evals.append({"branch": name, "step": steps, **evaluate_branch(enc, heads, b["eval"])})
             console.print(
                 f"stage 0 {name} held-out: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in evals[-1].items() if isinstance(v, float))
@@ -357,7 +362,7 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
     summary = {
         "stage": 0,
         "branches": list(branches),
-        "steps_per_branch": cfg.max_steps,
+        "steps_per_branch": {name: cfg.steps.get(name, cfg.max_steps) for name in branches},
         "train_seconds": time.time() - t0,
         "history": history,
         "evals": evals,
