@@ -76,3 +76,24 @@ def test_predictor_batches_and_reads_boxes_in_the_image_frame(bench):
 def test_a_missing_checkpoint_is_a_one_line_user_error(tmp_path):
     with pytest.raises(UserError, match="no model directory"):
         ModelPredictor(str(tmp_path / "missing"))
+
+
+def test_answer_start_gives_rec_answers_the_phrase_and_leaves_the_rest(bench):
+    root, samples = bench
+    predictor = ModelPredictor(str(root / "ckpt"), max_new_tokens=8, answer_start=True)
+    assert predictor.name == "omniground:ckpt+phrase"
+    answers = predictor.predict(samples, root)
+    og = predictor.og
+    for s, a in zip(samples, answers):
+        media = [s.media_path(0, root)]
+        question = [{"role": "user", "content": s.conversation[0].content}]
+        if s.task == "rec":  # "The cat ..." given, the model writes on from there: the API's answer with that start
+            assert a.startswith("The cat")
+            assert a == og.chat(question, media, max_new_tokens=8, answer_prefixes=["The cat"]).text
+        else:  # audio grounding: the model writes its whole answer
+            assert a == og.chat(question, media, max_new_tokens=8).text
+    from omniground.eval.cli import EvalError
+
+    result = CliRunner().invoke(app, ["run", "--data", str(root / "bench.jsonl"), "--out", str(root / "o2"),
+                                      "--endpoint", "http://localhost:9", "--endpoint-model", "x", "--answer-start"])
+    assert isinstance(result.exception, EvalError) and "--answer-start needs --model" in str(result.exception)

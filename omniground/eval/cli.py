@@ -25,11 +25,13 @@ class EvalError(UserError):
 
 
 def _predictor(model: Optional[str], endpoint: Optional[str], endpoint_model: Optional[str], api_key: Optional[str],
-               box_frame: str, prompt_suffix: str, padded_square: bool = False) -> Predictor:
+               box_frame: str, prompt_suffix: str, padded_square: bool = False, answer_start: bool = False) -> Predictor:
     if bool(model) == bool(endpoint):
         raise EvalError("give exactly one of --model PATH or --endpoint URL")
     if box_frame not in ("auto", "norm1", "norm1000", "pixel"):
         raise EvalError(f"--box-frame must be auto, norm1, norm1000 or pixel, not {box_frame!r}")
+    if endpoint and answer_start:
+        raise EvalError("--answer-start needs --model (an endpoint writes its whole answer)")
     if endpoint:
         if not endpoint_model:
             raise EvalError("--endpoint needs --endpoint-model NAME")
@@ -39,7 +41,7 @@ def _predictor(model: Optional[str], endpoint: Optional[str], endpoint_model: Op
         from omniground.eval.model_predictor import ModelPredictor
     except ImportError as e:
         raise EvalError(f"--model needs omniground.eval.model_predictor ({e}); use --endpoint meanwhile") from e
-    return ModelPredictor(model)  # type: ignore[arg-type]
+    return ModelPredictor(model, answer_start=answer_start)  # type: ignore[arg-type]
 
 
 def evaluate(data: Path, out: Path, predictor: Predictor, root: Path, notes: list[str], limit: Optional[int] = None,
@@ -109,6 +111,9 @@ def run(
     padded_square: bool = typer.Option(
         False, help="The system's boxes are relative to the image padded to a square (original GroundingGPT)."),
     prompt_suffix: str = typer.Option("", help="Text appended to every question (e.g. a format instruction)."),
+    answer_start: bool = typer.Option(
+        False, help="--model only: each REC answer starts with 'The <phrase>' given, so the model writes only "
+                    "the box (Kosmos-2's REC protocol; what `omniground ground` does)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N samples."),
     batch_size: int = typer.Option(8, min=1),
     examples: int = typer.Option(3, min=0, help="Best and worst examples drawn per group (0: none)."),
@@ -125,7 +130,8 @@ def run(
         raise EvalError("give exactly one of --data JSONL or --benchmark NAME")
     if data is not None and not data.is_file():
         raise EvalError(f"{data}: no such benchmark file")
-    predictor = _predictor(model, endpoint, endpoint_model, api_key, box_frame, prompt_suffix, padded_square)
+    predictor = _predictor(model, endpoint, endpoint_model, api_key, box_frame, prompt_suffix, padded_square,
+                           answer_start)
     notes: list[str] = []
     if benchmark is not None:
         if not ann:
@@ -151,6 +157,7 @@ def bench(
     workers: int = typer.Option(1, min=1, help="Generator processes."),
     batch_size: int = typer.Option(8, min=1),
     examples: int = typer.Option(3, min=0, help="Best and worst examples drawn per group (0: none)."),
+    answer_start: bool = typer.Option(False, help="--model only: REC answers start with 'The <phrase>' given."),
 ) -> None:
     """The generated benchmark in one command: held-out synthetic data, predictions, report with baselines.
 
@@ -158,7 +165,7 @@ def bench(
     'test' is in distribution, split 'unseen' holds combinations never generated for training. Re-running
     reuses the data and every prediction already made.
     """
-    predictor = _predictor(model, endpoint, endpoint_model, api_key, "auto", "")
+    predictor = _predictor(model, endpoint, endpoint_model, api_key, "auto", "", answer_start=answer_start)
     mods = tuple(m.strip() for m in modalities.split(",") if m.strip())
     data, notes = prepare_generated(out / "data", n, mods, workers=workers)
     evaluate(data, out, predictor, data.parent, notes, batch_size=batch_size, examples=examples)

@@ -14,19 +14,32 @@ from omniground.eval.predictors import question_of
 
 
 class ModelPredictor:
-    """`omniground.load(path_or_name)` answering the first user turn of each sample, greedy, batched."""
+    """`omniground.load(path_or_name)` answering the first user turn of each sample, greedy, batched.
+
+    `answer_start`: a referring expression's answer starts with the phrase given ("The <phrase>", the
+    processor's `grounding_answer_prefix`), so the model writes only the box -- as Kosmos-2 is evaluated
+    on REC, and as `omniground ground` asks. Without it the model must also echo the phrase itself.
+    """
 
     box_frame = "norm1"
 
-    def __init__(self, path_or_name: str, max_new_tokens: int = 64, device: str | None = None, og=None):
+    def __init__(self, path_or_name: str, max_new_tokens: int = 64, device: str | None = None, og=None,
+                 answer_start: bool = False):
         import omniground
 
         self.og = og if og is not None else omniground.load(path_or_name, device=device)
-        self.name = f"omniground:{Path(str(path_or_name)).name or path_or_name}"
+        self.name = f"omniground:{Path(str(path_or_name)).name or path_or_name}" + ("+phrase" if answer_start else "")
         self.max_new_tokens = max_new_tokens
+        self.answer_start = answer_start
+
+    def _answer_start(self, sample: Sample) -> str | None:
+        if not (self.answer_start and sample.task == "rec" and len(sample.boxes) == 1 and sample.media):
+            return None
+        return self.og.processor.grounding_answer_prefix(sample.media[0].type, sample.boxes[0].phrase)
 
     def predict(self, samples: Sequence[Sample], root: Path) -> list[str]:
         conversations = [[{"role": "user", "content": question_of(s)}] for s in samples]
         media = [[s.media_path(i, root) for i in range(len(s.media))] for s in samples]
-        results = self.og.chat_batch(conversations, media, max_new_tokens=self.max_new_tokens)
+        results = self.og.chat_batch(conversations, media, max_new_tokens=self.max_new_tokens,
+                                     answer_prefixes=[self._answer_start(s) for s in samples])
         return [r.text for r in results]
