@@ -5,7 +5,7 @@ import torch
 from micro import image, micro_model, turn
 
 from omniground.model import OmniGround
-from omniground.model.modeling_omniground import box_bins, pairwise_box_iou, region_targets
+from omniground.model.modeling_omniground import box_bins, pairwise_box_iou, region_targets, written_since_box
 
 CONVS = [turn("<image>\nWhere is the cat?", "the cat[0.100,0.200,0.500,0.600]"),
          turn("Say hi.", "hi"),
@@ -56,6 +56,16 @@ def test_region_targets_are_the_patches_whose_box_is_right_else_the_centre_patch
     assert pairwise_box_iou(boxes, torch.tensor([[0, 0, 1, 1.0]]))[0, 3] == 1.0
     assert box_bins(torch.tensor([0.9, 0.1, 0.2, 0.5]), 11) == [2, 1, 9, 5]  # ordered
     assert box_bins(torch.tensor([0.5, 0.5, 0.5, 1.2]), 11) == [5, 5, 6, 10]  # one bin wide, clamped
+
+
+def test_written_since_box_reads_how_far_a_box_is_written():
+    box, loc, n = 5, 10, 4  # <|box|> = 5, <loc_0..3> = 10..13
+    assert written_since_box([box], box, loc, n) == 0  # a decode step that just wrote <|box|>
+    assert written_since_box([1, box, 10], box, loc, n) == 1
+    assert written_since_box([1, box, 10, 11, 12], box, loc, n) == 3
+    assert written_since_box([1, box, 10, 11, 12, 13], box, loc, n) is None  # complete
+    assert written_since_box([10], box, loc, n) is None  # a decode step inside a box: the cache knows
+    assert written_since_box([1, 2], box, loc, n) is None
 
 
 def test_training_loss_adds_the_pointer_loss_of_every_target_box_and_trains_pointer_not_regressor():

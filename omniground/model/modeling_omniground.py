@@ -554,6 +554,16 @@ def box_bins(box: torch.Tensor, num_bins: int) -> list[int]:
     return [x1, y1, max(x2, min(x1 + 1, num_bins - 1)), max(y2, min(y1 + 1, num_bins - 1))]
 
 
+def written_since_box(ids: list[int], box_id: int, loc_start: int, num_bins: int) -> int | None:
+    """How many of a box's four location tokens `ids` end with (0 right after `<|box|>`); None if the
+    ids do not end inside a box. A decode step sees one token: only `<|box|>` itself answers there;
+    a prompt without a cache (or ending in a part-written box) is read back to its `<|box|>`."""
+    j = 0
+    while j < min(4, len(ids) - 1) and loc_start <= ids[-1 - j] < loc_start + num_bins:
+        j += 1
+    return j if j < 4 and len(ids) > j and ids[-1 - j] == box_id else None
+
+
 class RegionPointer(nn.Module):
     """A box as a pointer at one of the image's patches (Groma-style regions, one per patch).
 
@@ -923,17 +933,10 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             state = self._regions
             for r in range(b):
                 todo = state["pending"][r]
-                if not todo and state["has"][r] and prefill:  # a prompt may end inside a box (no cache)
-                    ids = input_ids[r].tolist()
-                    j = 0
-                    while j < 4 and len(ids) > j + 1 and start <= ids[-1 - j] < start + n:
-                        j += 1
-                    if j < 4 and len(ids) > j and ids[-1 - j] == box_id:
-                        choice = rp.logits(hidden[r, -1 - j][None], state["keys"][r][None])[0].argmax()
-                        todo[:] = box_bins(state["boxes"][r, choice], n)[j:]
-                elif not todo and state["has"][r] and int(input_ids[r, -1]) == box_id:
-                    choice = rp.logits(hidden[r, -1][None], state["keys"][r][None])[0].argmax()
-                    todo[:] = box_bins(state["boxes"][r, choice], n)
+                j = None if todo or not state["has"][r] else written_since_box(input_ids[r].tolist(), box_id, start, n)
+                if j is not None:  # about to write coordinate j of a box: choose its patch
+                    choice = rp.logits(hidden[r, -1 - j][None], state["keys"][r][None])[0].argmax()
+                    todo[:] = box_bins(state["boxes"][r, choice], n)[j:]
                 if todo:
                     forced = torch.full_like(logits[r, -1], float("-inf"))
                     forced[start + todo.pop(0)] = 0.0
