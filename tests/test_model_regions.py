@@ -153,3 +153,35 @@ def test_the_written_box_is_the_regressed_box_and_survives_save_and_load(tmp_pat
     assert back.model.config.region_boxes is True
     for k, v in og.model.region_pointer.state_dict().items():
         torch.testing.assert_close(back.model.region_pointer.state_dict()[k], v)
+
+
+def test_a_region_box_scores_the_pointers_confidence_not_its_forced_tokens():
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    og = micro_model(region_boxes=True)
+    m, cfg = og.model, og.model.config
+    spread_boxes(og)
+
+    class BoxFirst(LogitsProcessor):  # the micro LM would not start with a box by itself
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == start_len:
+                scores = torch.full_like(scores, float("-inf"))
+                scores[:, cfg.box_token_id] = 0.0
+            return scores
+
+    question = [{"role": "user", "content": "<image>\nWhere is the cat?"}]
+    start_len = og.processor.prepare([question], [[image(0)]], add_generation_prompt=True)[0]["input_ids"].shape[1]
+    result = og.chat(question, [image(0)], max_new_tokens=5, logits_processor=LogitsProcessorList([BoxFirst()]))
+    assert len(result.boxes) == 1
+    (confidence,) = m.region_confidences()[0]
+    assert result.boxes[0].score == pytest.approx(confidence) and 0 < confidence < 0.99
+    # by hand: the pointer's probability of the patches whose box agrees with the chosen one's
+    with torch.no_grad():
+        inputs = _prompts_ending_in_a_box(og)
+        patches = m.vision_tower(inputs["pixel_values"])
+        probs = m.region_pointer.logits(_hidden(m, inputs, patches)[:1, -1], m.region_pointer.key(patches)[:1])
+        probs = probs.softmax(-1)[0]
+        boxes = m.region_pointer.boxes(patches)[0]
+        same = pairwise_box_iou(boxes[None], boxes[probs.argmax()][None])[0] >= 0.5
+        same[probs.argmax()] = True
+    assert confidence == pytest.approx(float(probs[same].sum()), rel=1e-4)

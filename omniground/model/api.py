@@ -156,7 +156,9 @@ class OmniGround:
         new = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, T)
         logits = torch.stack(out.logits, dim=1).float()  # (B, T, V)
         probs = logits.softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, T) prob of each chosen token
-        return [self._result(new[i], probs[i], metas[i], stop or [], max_new_tokens) for i in range(new.shape[0])]
+        regions = self.model.region_confidences() if self.model.config.region_boxes else None
+        return [self._result(new[i], probs[i], metas[i], stop or [], max_new_tokens, regions[i] if regions else None)
+                for i in range(new.shape[0])]
 
     generate = chat_batch  # the name HF users reach for
 
@@ -208,7 +210,7 @@ class OmniGround:
             raise error[0]
 
     def _result(self, ids: torch.Tensor, probs: torch.Tensor, meta: RequestMeta, stop: list[str],
-                max_new_tokens: int) -> ChatResult:
+                max_new_tokens: int, region_confidences: list[float] | None = None) -> ChatResult:
         end = {self.model.generation_config.pad_token_id, *_as_list(self.model.generation_config.eos_token_id)}
         ids_list = ids.tolist()
         n = next((j for j, t in enumerate(ids_list) if t in end), len(ids_list))
@@ -221,6 +223,8 @@ class OmniGround:
                 model_text, finish = model_text[: model_text.index(s)].rstrip(), "stop"
         g = self.processor.post_process_grounding(model_text, meta)
         box_scores, span_scores = self._item_scores(ids_list, probs_list)
+        if region_confidences and len(region_confidences) == len(box_scores):  # every box a region box
+            box_scores = region_confidences
         boxes = [b if b.score is not None else _with_score(b, box_scores, i) for i, b in enumerate(g.boxes)]
         spans = [s if s.score is not None else _with_score(s, span_scores, i) for i, s in enumerate(g.spans)]
         return ChatResult(g.text, boxes, spans, g.boxes_pixels, g.spans_seconds, model_text, g.problems, n, finish)

@@ -585,8 +585,10 @@ class RegionPointer(nn.Module):
         self.scale = hidden**-0.5
 
     def boxes(self, patches: torch.Tensor) -> torch.Tensor:
-        """(N, P, Dv) patch features -> (N, P, 4) boxes, x1 y1 x2 y2 in [0, 1] of the model's square frame."""
-        return torch.sigmoid(self.box(patches))
+        """(N, P, Dv) patch features -> (N, P, 4) boxes, x1 <= x2, y1 <= y2 in [0, 1] of the model's square frame."""
+        x1, y1, x2, y2 = torch.sigmoid(self.box(patches)).unbind(-1)
+        return torch.stack([torch.minimum(x1, x2), torch.minimum(y1, y2), torch.maximum(x1, x2),
+                            torch.maximum(y1, y2)], -1)
 
     def logits(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """hidden (M, H) at `<|box|>` tokens, keys (M, P, H) of their images -> (M, P) patch scores."""
@@ -929,19 +931,31 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         else:
             if prefill or self._regions is None or len(self._regions["pending"]) != b:
                 self._regions = {"keys": None if keys is None else keys.detach(), "has": has,
-                                 "boxes": None if boxes is None else boxes.detach(), "pending": [[] for _ in range(b)]}
+                                 "boxes": None if boxes is None else boxes.detach(), "pending": [[] for _ in range(b)],
+                                 "confidences": [[] for _ in range(b)]}
             state = self._regions
             for r in range(b):
                 todo = state["pending"][r]
                 j = None if todo or not state["has"][r] else written_since_box(input_ids[r].tolist(), box_id, start, n)
                 if j is not None:  # about to write coordinate j of a box: choose its patch
-                    choice = rp.logits(hidden[r, -1 - j][None], state["keys"][r][None])[0].argmax()
+                    probs = rp.logits(hidden[r, -1 - j][None], state["keys"][r][None])[0].float().softmax(-1)
+                    choice = probs.argmax()
                     todo[:] = box_bins(state["boxes"][r, choice], n)[j:]
+                    # the forced tokens' own probability is 1: the box's confidence is the pointer's, summed
+                    # over the patches whose box agrees with the chosen one (an object spans several)
+                    same = pairwise_box_iou(state["boxes"][r][None], state["boxes"][r, choice][None])[0] >= 0.5
+                    same[choice] = True  # even a degenerate box agrees with itself
+                    state["confidences"][r].append(float(probs[same].sum()))
                 if todo:
                     forced = torch.full_like(logits[r, -1], float("-inf"))
                     forced[start + todo.pop(0)] = 0.0
                     logits[r, -1] = forced
         return self._output(loss, logits, out)
+
+    def region_confidences(self) -> list[list[float]] | None:
+        """Per row of the last cached generate() call, the confidence of each region box it wrote, in order
+        (None without region boxes): what a box's score is, as its forced tokens say nothing."""
+        return None if self._regions is None else self._regions["confidences"]
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         """Media only in the prefill step: afterwards the KV cache already holds them."""
