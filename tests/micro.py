@@ -45,3 +45,10 @@ def audio(seconds=2.5, seed=0) -> Audio:
 
 def turn(user, answer) -> list[dict]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def labelled_batch(og, conversations, media):
+    """Training-style inputs (labels on the answers, right padding) for `conversations` and their media."""
+    inputs, _ = og.processor.prepare(conversations, media, add_generation_prompt=False, return_labels=True,
+                                     padding_side="right")
+    return inputs

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from micro import image, micro_model, turn
+from micro import image, labelled_batch, micro_model, turn
 
 from omniground.model import OmniGround
 from omniground.model.modeling_omniground import box_bins, pairwise_box_iou, region_targets, written_since_box
@@ -14,9 +14,7 @@ MEDIA = [[image(0)], None, [image(1)]]
 
 
 def batch(og):
-    inputs, _ = og.processor.prepare(CONVS, MEDIA, add_generation_prompt=False, return_labels=True,
-                                     padding_side="right")
-    return inputs
+    return labelled_batch(og, CONVS, MEDIA)
 
 
 def spread_boxes(og, seed=1):
