@@ -156,7 +156,7 @@ class OmniGround:
         new = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, T)
         logits = torch.stack(out.logits, dim=1).float()  # (B, T, V)
         probs = logits.softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, T) prob of each chosen token
-        regions = self.model.region_confidences() if self.model.config.region_boxes else None
+        regions = self.model.region_confidences()  # None unless the model writes region boxes
         return [self._result(new[i], probs[i], metas[i], stop or [], max_new_tokens, regions[i] if regions else None)
                 for i in range(new.shape[0])]
 
