@@ -34,12 +34,7 @@ PY
 for split in test unseen; do
     python -m omniground eval run --data $DATA/$split.jsonl --model $RUN/stage3/model --out $RUN/eval-$split
     # REC again with the phrase given as the answer's start (Kosmos-2's protocol; what `omniground ground` does)
-    python - "$DATA/$split.jsonl" "$DATA/$split-rec.jsonl" <<'PY'
-import json, sys
-rows = [line for line in open(sys.argv[1]) if json.loads(line)["task"] == "rec"]
-open(sys.argv[2], "w").writelines(rows)
-PY
-    python -m omniground eval run --data $DATA/$split-rec.jsonl --model $RUN/stage3/model --answer-start \
+    python -m omniground eval run --data $DATA/$split.jsonl --task rec --model $RUN/stage3/model --answer-start \
         --out $RUN/eval-$split-rec-phrase
 done
 

@@ -97,3 +97,14 @@ def test_answer_start_gives_rec_answers_the_phrase_and_leaves_the_rest(bench):
     result = CliRunner().invoke(app, ["run", "--data", str(root / "bench.jsonl"), "--out", str(root / "o2"),
                                       "--endpoint", "http://localhost:9", "--endpoint-model", "x", "--answer-start"])
     assert isinstance(result.exception, EvalError) and "--answer-start needs --model" in str(result.exception)
+
+
+def test_eval_run_can_keep_only_some_tasks(bench):
+    root, samples = bench
+    result = CliRunner().invoke(app, ["run", "--data", str(root / "bench.jsonl"), "--out", str(root / "rec-only"),
+                                      "--model", str(root / "ckpt"), "--task", "rec", "--answer-start"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in (root / "rec-only" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in lines] == [s.id for s in samples if s.task == "rec"]
+    metrics = json.dumps(json.loads((root / "rec-only" / "metrics.json").read_text()))
+    assert "rec/test" in metrics and "audio_grounding" not in metrics

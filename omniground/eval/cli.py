@@ -45,17 +45,17 @@ def _predictor(model: Optional[str], endpoint: Optional[str], endpoint_model: Op
 
 
 def evaluate(data: Path, out: Path, predictor: Predictor, root: Path, notes: list[str], limit: Optional[int] = None,
-             batch_size: int = 8, examples: int = 3) -> Path:
+             batch_size: int = 8, examples: int = 3, tasks: Optional[List[str]] = None) -> Path:
     """Predict (resumable), score, and write the report; the one path every command ends in."""
     from omniground.eval.report import write_report
     from omniground.eval.runner import baseline_scores, predict_all, score
 
     bad: list[BadLine] = []
-    samples = list(read_jsonl(data, bad))[:limit]
+    samples = [s for s in read_jsonl(data, bad) if not tasks or s.task in tasks][:limit]
     present = [all(s.media_path(i, root).exists() for i in range(len(s.media))) for s in samples]
     usable = [s for s, ok in zip(samples, present) if ok]
     missing = [s for s, ok in zip(samples, present) if not ok]
-    notes = [*notes, f"data: {data} ({len(samples)} samples)"]
+    notes = [*notes, f"data: {data} ({len(samples)} samples{', tasks ' + ', '.join(tasks) if tasks else ''})"]
     if bad:
         notes.append(f"{len(bad)} invalid lines skipped (first: line {bad[0].line}: {bad[0].error})")
     if missing:
@@ -115,6 +115,7 @@ def run(
         False, help="--model only: each REC answer starts with 'The <phrase>' given, so the model writes only "
                     "the box (Kosmos-2's REC protocol; what `omniground ground` does)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N samples."),
+    task: Optional[List[str]] = typer.Option(None, "--task", help="Only samples of this task (repeatable): rec, ..."),
     batch_size: int = typer.Option(8, min=1),
     examples: int = typer.Option(3, min=0, help="Best and worst examples drawn per group (0: none)."),
     media_root: Optional[Path] = typer.Option(
@@ -142,7 +143,7 @@ def run(
         root = data.parent
     else:
         root = media_root or data.parent
-    evaluate(data, out, predictor, root, notes, limit=limit, batch_size=batch_size, examples=examples)
+    evaluate(data, out, predictor, root, notes, limit=limit, batch_size=batch_size, examples=examples, tasks=task)
 
 
 @app.command("bench")
