@@ -5,7 +5,7 @@ import torch
 from micro import image, labelled_batch, micro_model, turn
 
 from omniground.model import OmniGround
-from omniground.model.modeling_omniground import LocationPointer, bin_interpolation, first_image_per_row
+from omniground.model.modeling_omniground import LocationPointer, bin_interpolation, first_item_per_row
 
 CONVS = [turn("<image>\nWhere is the cat?", "the cat[0.100,0.200,0.500,0.600]"),
          turn("Say hi.", "hi"),
@@ -120,7 +120,7 @@ def test_helpers():
     torch.testing.assert_close(m.sum(1), torch.ones(5))
     assert m[0, 0] == 1 and m[-1, -1] == 1 and m[2, 1] == m[2, 2] == 0.5
     ids = torch.tensor([[7, 7, 1], [1, 1, 1], [7, 7, 7]])  # 7 = image pad, 2 per image
-    assert first_image_per_row(ids, 7, 2).tolist() == [0, -1, 1]
+    assert first_item_per_row(ids, 7, 2).tolist() == [0, -1, 1]
 
 
 def test_pointer_needs_location_bins():

@@ -5,7 +5,7 @@ import torch
 from micro import image, labelled_batch, micro_model, turn
 
 from omniground.model import OmniGround
-from omniground.model.modeling_omniground import box_bins, pairwise_box_iou, region_targets, written_since_box
+from omniground.model.modeling_omniground import box_bins, pairwise_box_iou, region_targets, written_since
 
 CONVS = [turn("<image>\nWhere is the cat?", "the cat[0.100,0.200,0.500,0.600]"),
          turn("Say hi.", "hi"),
@@ -56,14 +56,14 @@ def test_region_targets_are_the_patches_whose_box_is_right_else_the_centre_patch
     assert box_bins(torch.tensor([0.5, 0.5, 0.5, 1.2]), 11) == [5, 5, 6, 10]  # one bin wide, clamped
 
 
-def test_written_since_box_reads_how_far_a_box_is_written():
+def test_written_since_reads_how_far_a_box_is_written():
     box, loc, n = 5, 10, 4  # <|box|> = 5, <loc_0..3> = 10..13
-    assert written_since_box([box], box, loc, n) == 0  # a decode step that just wrote <|box|>
-    assert written_since_box([1, box, 10], box, loc, n) == 1
-    assert written_since_box([1, box, 10, 11, 12], box, loc, n) == 3
-    assert written_since_box([1, box, 10, 11, 12, 13], box, loc, n) is None  # complete
-    assert written_since_box([10], box, loc, n) is None  # a decode step inside a box: the cache knows
-    assert written_since_box([1, 2], box, loc, n) is None
+    assert written_since([box], box, loc, n, 4) == 0  # a decode step that just wrote <|box|>
+    assert written_since([1, box, 10], box, loc, n, 4) == 1
+    assert written_since([1, box, 10, 11, 12], box, loc, n, 4) == 3
+    assert written_since([1, box, 10, 11, 12, 13], box, loc, n, 4) is None  # complete
+    assert written_since([10], box, loc, n, 4) is None  # a decode step inside a box: the cache knows
+    assert written_since([1, 2], box, loc, n, 4) is None
 
 
 def test_training_loss_adds_the_pointer_loss_of_every_target_box_and_trains_pointer_not_regressor():
@@ -171,7 +171,7 @@ def test_a_region_box_scores_the_pointers_confidence_not_its_forced_tokens():
     start_len = og.processor.prepare([question], [[image(0)]], add_generation_prompt=True)[0]["input_ids"].shape[1]
     result = og.chat(question, [image(0)], max_new_tokens=5, logits_processor=LogitsProcessorList([BoxFirst()]))
     assert len(result.boxes) == 1
-    (confidence,) = m.region_confidences()[0]
+    (confidence,) = m.pointer_confidences()[0]["box"]
     assert result.boxes[0].score == pytest.approx(confidence) and 0 < confidence < 0.99
     # by hand: the pointer's probability of the patches whose box agrees with the chosen one's
     with torch.no_grad():

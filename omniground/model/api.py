@@ -156,8 +156,8 @@ class OmniGround:
         new = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, T)
         logits = torch.stack(out.logits, dim=1).float()  # (B, T, V)
         probs = logits.softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, T) prob of each chosen token
-        regions = self.model.region_confidences()  # None unless the model writes region boxes
-        return [self._result(new[i], probs[i], metas[i], stop or [], max_new_tokens, regions[i] if regions else None)
+        pointed = self.model.pointer_confidences()  # None unless the model points at regions / time slots
+        return [self._result(new[i], probs[i], metas[i], stop or [], max_new_tokens, pointed[i] if pointed else None)
                 for i in range(new.shape[0])]
 
     generate = chat_batch  # the name HF users reach for
@@ -210,7 +210,7 @@ class OmniGround:
             raise error[0]
 
     def _result(self, ids: torch.Tensor, probs: torch.Tensor, meta: RequestMeta, stop: list[str],
-                max_new_tokens: int, region_confidences: list[float] | None = None) -> ChatResult:
+                max_new_tokens: int, pointed: dict[str, list[float]] | None = None) -> ChatResult:
         end = {self.model.generation_config.pad_token_id, *_as_list(self.model.generation_config.eos_token_id)}
         ids_list = ids.tolist()
         n = next((j for j, t in enumerate(ids_list) if t in end), len(ids_list))
@@ -223,8 +223,11 @@ class OmniGround:
                 model_text, finish = model_text[: model_text.index(s)].rstrip(), "stop"
         g = self.processor.post_process_grounding(model_text, meta)
         box_scores, span_scores = self._item_scores(ids_list, probs_list)
-        if region_confidences and len(region_confidences) == len(box_scores):  # every box a region box
-            box_scores = region_confidences
+        pointed = pointed or {}
+        if pointed.get("box") and len(pointed["box"]) == len(box_scores):  # every box a pointed one
+            box_scores = pointed["box"]
+        if pointed.get("span") and len(pointed["span"]) == len(span_scores):
+            span_scores = pointed["span"]
         boxes = [b if b.score is not None else _with_score(b, box_scores, i) for i, b in enumerate(g.boxes)]
         spans = [s if s.score is not None else _with_score(s, span_scores, i) for i, s in enumerate(g.spans)]
         return ChatResult(g.text, boxes, spans, g.boxes_pixels, g.spans_seconds, model_text, g.problems, n, finish)
@@ -272,18 +275,20 @@ def _with_score(item, scores: list[float], i: int):
     return replace(item, score=scores[i]) if i < len(scores) else item
 
 
-def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, device: str | None = None, dtype=None) -> OmniGround:
+def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, device: str | None = None, dtype=None,
+         **config_updates) -> OmniGround:
     """The shipped default by name, a local checkpoint directory, or a Hugging Face hub id (cache first).
+    `config_updates` change fields of the saved config (weights of parts they add start fresh).
 
     Raises ModelNotFoundError (a one-line UserError) when there is no model there.
     """
     name = str(path_or_name)
     shipped = CHECKPOINT_DIR / name
     if os.sep not in name and "/" not in name and shipped.is_dir():
-        return _load_dir(shipped, device, dtype)
+        return _load_dir(shipped, device, dtype, **config_updates)
     local = Path(name).expanduser()
     if local.is_dir():
-        return _load_dir(local, device, dtype)
+        return _load_dir(local, device, dtype, **config_updates)
     if name == DEFAULT_MODEL:
         raise ModelNotFoundError(
             f"the default model is not installed ({shipped} is missing): train it, or pass a checkpoint directory"
@@ -291,7 +296,7 @@ def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, device: str | None = N
     if local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelNotFoundError(f"no model directory at {local}")
     try:  # a hub id: the local cache first, the network only if the cache lacks it
-        return OmniGround.from_pretrained(name, device, dtype, local_files_only=True)
+        return OmniGround.from_pretrained(name, device, dtype, local_files_only=True, **config_updates)
     except OSError:
         pass
     from huggingface_hub import constants
@@ -299,17 +304,17 @@ def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, device: str | None = N
     if constants.HF_HUB_OFFLINE:
         raise ModelNotFoundError(f"{name!r} is not a local directory nor in the Hugging Face cache (offline mode)")
     try:
-        return OmniGround.from_pretrained(name, device, dtype)
+        return OmniGround.from_pretrained(name, device, dtype, **config_updates)
     except (OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelNotFoundError(f"could not load {name!r} from the Hugging Face hub: {first}") from None
 
 
-def _load_dir(path: Path, device, dtype) -> OmniGround:
+def _load_dir(path: Path, device, dtype, **config_updates) -> OmniGround:
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} is not an omniground checkpoint (no config.json)")
     try:
-        return OmniGround.from_pretrained(path, device, dtype)
+        return OmniGround.from_pretrained(path, device, dtype, **config_updates)
     except OSError as e:  # weights or tokenizer files missing
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelNotFoundError(f"{path}: incomplete checkpoint: {first}") from None

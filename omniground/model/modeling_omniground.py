@@ -136,6 +136,9 @@ class OmniGroundConfig(PreTrainedConfig):
     # reads off (Groma-style regions): the LM picks a patch instead of writing four coordinates, and the
     # `<loc_k>` tokens it emits are that patch's box. See RegionPointer.
     region_boxes: bool = False
+    # A span on a clip is two pointers at its time slots (the time-anchored resampler's output tokens), where
+    # it starts and where it ends; the `<loc_k>` tokens written are those slots' times. See SpanPointer.
+    span_pointers: bool = False
     new_token_start_id: int = -1  # first id added by omniground: these rows of the embeddings always train
     # training
     train_encoders: bool = False  # True only for the from-scratch encoders of the tiny default
@@ -508,9 +511,9 @@ class LocationPointer(nn.Module):
         return (torch.einsum("blh,bnh->bln", hidden, keys[0]) + torch.einsum("blh,bnh->bln", hidden, keys[1])) * self.scale
 
 
-def first_image_per_row(input_ids: torch.Tensor, image_token_id: int, tokens_per_image: int) -> torch.Tensor:
-    """(B,) index into the batch's images of each row's first image; -1 for a row without one."""
-    per_row = (input_ids == image_token_id).sum(1) // max(1, tokens_per_image)  # (B,)
+def first_item_per_row(input_ids: torch.Tensor, pad_token_id: int, tokens_per_item: int) -> torch.Tensor:
+    """(B,) index into the batch's media of one kind (its pad token) of each row's first; -1 for a row without."""
+    per_row = (input_ids == pad_token_id).sum(1) // max(1, tokens_per_item)  # (B,)
     first = torch.cumsum(per_row, 0) - per_row
     return torch.where(per_row > 0, first, torch.full_like(first, -1))
 
@@ -554,14 +557,30 @@ def box_bins(box: torch.Tensor, num_bins: int) -> list[int]:
     return [x1, y1, max(x2, min(x1 + 1, num_bins - 1)), max(y2, min(y1 + 1, num_bins - 1))]
 
 
-def written_since_box(ids: list[int], box_id: int, loc_start: int, num_bins: int) -> int | None:
-    """How many of a box's four location tokens `ids` end with (0 right after `<|box|>`); None if the
-    ids do not end inside a box. A decode step sees one token: only `<|box|>` itself answers there;
-    a prompt without a cache (or ending in a part-written box) is read back to its `<|box|>`."""
+def written_since(ids: list[int], marker_id: int, loc_start: int, num_bins: int, length: int) -> int | None:
+    """How many of a box's (`length` 4) or span's (2) location tokens `ids` end with (0 right after its
+    marker, `<|box|>` / `<|span|>`); None if the ids do not end inside one. A decode step sees one token:
+    only the marker itself answers there; a prompt without a cache (or ending part-written) is read back
+    to its marker."""
     j = 0
-    while j < min(4, len(ids) - 1) and loc_start <= ids[-1 - j] < loc_start + num_bins:
+    while j < min(length, len(ids) - 1) and loc_start <= ids[-1 - j] < loc_start + num_bins:
         j += 1
-    return j if j < 4 and len(ids) > j and ids[-1 - j] == box_id else None
+    return j if j < length and len(ids) > j and ids[-1 - j] == marker_id else None
+
+
+def marked_locations(input_ids: torch.Tensor, labels: torch.Tensor, marker_id: int, loc_start: int, num_bins: int,
+                     length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every target box (`length` 4) or span (2) in a training batch: a marker followed by `length` location
+    tokens, all labels -> rows (M,), the markers' positions (M,) and the locations (M, length) in [0, 1]."""
+    n_pos = input_ids.shape[1] - length
+    if n_pos < 1:
+        empty = input_ids.new_zeros(0)
+        return empty, empty, input_ids.new_zeros(0, length, dtype=torch.float)
+    after = torch.stack([input_ids[:, 1 + j : n_pos + 1 + j] for j in range(length)], -1)  # (B, n_pos, length)
+    at = (input_ids[:, :n_pos] == marker_id) & ((after >= loc_start) & (after < loc_start + num_bins)).all(-1)
+    at &= labels[:, 1 : n_pos + 1] != -100
+    rows, pos = at.nonzero(as_tuple=True)
+    return rows, pos, (after[rows, pos] - loc_start).float() / (num_bins - 1)
 
 
 class RegionPointer(nn.Module):
@@ -599,6 +618,84 @@ class RegionPointer(nn.Module):
         logits = self.logits(hidden, keys).float()
         good = region_targets(boxes.detach().float(), target.float())
         return (logits.logsumexp(1) - logits.masked_fill(~good, float("-inf")).logsumexp(1)).mean()
+
+    def choose(self, hidden: torch.Tensor, keys: torch.Tensor, boxes: torch.Tensor, num_bins: int
+               ) -> tuple[list[int], float]:
+        """hidden (H,) at a `<|box|>`, one image's keys (P, H) and boxes (P, 4) -> the chosen patch's box as
+        four bins, and its confidence: the pointer's probability of the patches whose box agrees with the
+        chosen one (IoU >= 0.5; an object spans several), as the forced tokens' own probability is 1."""
+        probs = self.logits(hidden[None], keys[None])[0].float().softmax(-1)
+        choice = probs.argmax()
+        same = pairwise_box_iou(boxes[None], boxes[choice][None])[0] >= 0.5
+        same[choice] = True  # even a degenerate box agrees with itself
+        return box_bins(boxes[choice], num_bins), float(probs[same].sum())
+
+
+# =================================================================================================
+# Span pointers: a span is a pointer at the clip's time slots where it starts and where it ends
+# =================================================================================================
+
+
+def span_slots(target: torch.Tensor, num_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spans (M, 2) as fractions of their clips with (M,) time slots each -> the first and last slot (M,) of
+    the slot-aligned span nearest each (boundaries rounded to the nearest slot edge, at least one slot)."""
+    q = num_slots.to(target.dtype)
+    first = torch.minimum((target[:, 0] * q).round().long().clamp_min(0), num_slots - 1)
+    last = torch.minimum(torch.maximum((target[:, 1] * q).round().long() - 1, first), num_slots - 1)
+    return first, last
+
+
+def span_bins(first: int, last: int, num_slots: int, num_bins: int) -> list[int]:
+    """Slots first..last of a clip's `num_slots` -> the span's two location bins [first/Q, (last+1)/Q]."""
+    return [round(first / num_slots * (num_bins - 1)), round((last + 1) / num_slots * (num_bins - 1))]
+
+
+class SpanPointer(nn.Module):
+    """A time span as two pointers at the clip's time slots: where it starts and where it ends.
+
+    With time-anchored resampler queries (`time_anchored_queries`) the clip's output token i stands for the
+    slice [i/Q, (i+1)/Q] of its duration. From the LM's hidden state at a `<|span|>` token, `query` . `key`
+    scores every slot as the span's first and as its last slot (two heads); when generating, the model
+    writes the most probable pair with first <= last as its two `<loc_k>` tokens, so answers keep their
+    format. Trained from stage 1 on, with the adapters (cross-entropy on the target's slots, `span_slots`).
+    Why: the region pointer's lesson for time -- the from-scratch LM wrote spans no better than the
+    middle half of the clip (configs/omniground-tiny/README.md).
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.key = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden))
+        self.query = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden))
+        self.scale = hidden**-0.5
+
+    def logits(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """hidden (M, H) at `<|span|>` tokens, their clips' slots (M, Q, H) and slot mask (M, Q) ->
+        (M, 2, Q) scores of each slot as the first (0) and last (1); padding slots -inf."""
+        q = self.query(hidden).unflatten(-1, (2, -1))  # (M, 2, H)
+        k = self.key(slots).unflatten(-1, (2, -1))  # (M, Q, 2, H)
+        logits = torch.einsum("mch,mqch->mcq", q, k) * self.scale
+        return logits.masked_fill(~mask[:, None, :], float("-inf"))
+
+    def loss(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
+        """Mean over M spans of -log P(first slot) - log P(last slot); target (M, 2) in [0, 1]."""
+        logits = self.logits(hidden, slots, mask).float()
+        first, last = span_slots(target.float(), mask.sum(1))
+        return F.cross_entropy(logits[:, 0], first) + F.cross_entropy(logits[:, 1], last)
+
+    def choose(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, num_bins: int
+               ) -> tuple[list[int], float]:
+        """hidden (H,) at a `<|span|>`, one clip's slots (Q, H) and mask (Q,) -> the most probable span
+        (first <= last) as two bins, and its confidence: the probability of the slot pairs whose span
+        agrees with it (IoU >= 0.5), as the forced tokens' own probability is 1."""
+        p = self.logits(hidden[None], slots[None], mask[None])[0].float().softmax(-1)  # (2, Q)
+        nq = int(mask.sum())
+        joint = (p[0, :nq, None] * p[1, None, :nq]).triu()  # (Q, Q): P(first = i) P(last = j), i <= j
+        first, last = divmod(int(joint.argmax()), nq)
+        i, j = torch.meshgrid(torch.arange(nq), torch.arange(nq), indexing="ij")
+        inter = (torch.minimum(j, torch.tensor(last)) - torch.maximum(i, torch.tensor(first)) + 1).clamp_min(0)
+        union = (j - i + 1) + (last - first + 1) - inter
+        same = inter / union >= 0.5
+        return span_bins(first, last, nq, num_bins), float(joint.to("cpu")[same].sum())
 
 
 # =================================================================================================
@@ -692,7 +789,13 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             if config.num_location_bins <= 0 or config.location_pointer:
                 raise ValueError("region_boxes needs num_location_bins > 0 and no location_pointer")
             self.region_pointer = RegionPointer(self.vision_tower.hidden_size, hidden)
-        self._regions = None  # the current generate() batch's region keys/boxes and boxes being written
+        self.span_pointer = None
+        if config.span_pointers:
+            if config.num_location_bins <= 0 or config.location_pointer or not config.time_anchored_queries:
+                raise ValueError("span_pointers needs num_location_bins > 0, time_anchored_queries and no "
+                                 "location_pointer")
+            self.span_pointer = SpanPointer(hidden)
+        self._pointing = None  # the current generate() batch's region keys/boxes, clip slots, tokens to force
         self._new_token_hooks: list = []
         self.post_init()
         # Sub-models passed in already built keep the attention implementation the config asks for
@@ -809,9 +912,9 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
                     labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
                 )
-            if self.region_pointer is not None:
-                return self._forward_regions(
-                    input_ids, inputs_embeds, image_patches, prefill,
+            if self.region_pointer is not None or self.span_pointer is not None:
+                return self._forward_pointers(
+                    input_ids, inputs_embeds, image_patches, media, prefill,
                     attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
                     labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
                 )
@@ -842,7 +945,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if prefill or self._pointer_feats is None or self._pointer_feats[0].shape[0] != b:
             if image_tokens is not None:
                 x, y = pointer.bin_features(image_tokens)  # (Ni, n, H)
-                row = first_image_per_row(input_ids, self.config.image_token_id, image_tokens.shape[1])
+                row = first_item_per_row(input_ids, self.config.image_token_id, image_tokens.shape[1])
                 has = (row >= 0).to(x.dtype)[:, None, None]
                 idx = row.clamp_min(0)
                 feats = (x[idx] * has, y[idx] * has)  # (B, n, H)
@@ -893,69 +996,110 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             hidden_states=getattr(out, "hidden_states", None), attentions=getattr(out, "attentions", None),
         )
 
-    def _forward_regions(
-        self, input_ids, inputs_embeds, image_patches, prefill, *, attention_mask, position_ids, past_key_values,
-        labels, use_cache, logits_to_keep, **kwargs,
+    def _forward_pointers(
+        self, input_ids, inputs_embeds, image_patches, media, prefill, *, attention_mask, position_ids,
+        past_key_values, labels, use_cache, logits_to_keep, **kwargs,
     ) -> CausalLMOutputWithPast:
-        """The forward pass with boxes as region pointers (config.region_boxes): see RegionPointer.
+        """The forward pass with boxes and/or spans as pointers (config.region_boxes / span_pointers): see
+        RegionPointer and SpanPointer.
 
-        With labels (training): the LM loss + the pointer loss at every `<|box|>` whose four location
-        tokens are targets, on the row's first image. Without (generation): wherever the model is to write
-        a box on an image, its next four tokens are forced to the chosen patch's box; the patch keys and
-        boxes of the prefill step, and the tokens still to write, are kept for the decode steps.
+        With labels (training): the LM loss + each pointer's loss at every `<|box|>` / `<|span|>` whose
+        location tokens are targets, on the row's first image / its clip. Without (generation): wherever the
+        model is to write a box on an image or a span on a clip, its next tokens are forced to the pointed
+        box / span; what the prefill step saw (patch keys and boxes, clip slots), and the tokens still to
+        write, are kept for the decode steps.
         """
-        rp, n, start, box_id = self.region_pointer, self.config.num_location_bins, self.config.loc_token_start_id, \
-            self.config.box_token_id
-        b = input_ids.shape[0]
-        keys = boxes = None
-        has = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-        if image_patches is not None:
-            row = first_image_per_row(input_ids, self.config.image_token_id, self.config.num_image_tokens)
-            has, idx = row >= 0, row.clamp_min(0)
-            keys, boxes = rp.key(image_patches)[idx], rp.boxes(image_patches)[idx]  # (B, P, H), (B, P, 4)
+        cfg = self.config
+        n, start = cfg.num_location_bins, cfg.loc_token_start_id
+        regions = clips = None
+        if self.region_pointer is not None and image_patches is not None:
+            row = first_item_per_row(input_ids, cfg.image_token_id, cfg.num_image_tokens)
+            idx = row.clamp_min(0)
+            regions = (self.region_pointer.key(image_patches)[idx], self.region_pointer.boxes(image_patches)[idx],
+                       row >= 0)  # keys (B, P, H), boxes (B, P, 4), has (B,)
+        if self.span_pointer is not None:
+            clips = self._clip_slots(input_ids, media)
         out, hidden, logits = self._decode(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache,
                                            logits_to_keep, **kwargs)
         loss = None
         if labels is not None:
             loss = self.language_model.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1],
                                                      **kwargs)
-            length = input_ids.shape[1]
-            if keys is not None and length >= 5:
-                after = torch.stack([input_ids[:, 1 + j : length - 3 + j] for j in range(4)], -1)  # (B, L-4, 4)
-                at_box = (input_ids[:, : length - 4] == box_id) & ((after >= start) & (after < start + n)).all(-1)
-                at_box &= (labels[:, 1 : length - 3] != -100) & has[:, None]
-                rows, pos = at_box.nonzero(as_tuple=True)
+            if regions is not None:
+                keys, boxes, has = regions
+                rows, pos, target = marked_locations(input_ids, labels, cfg.box_token_id, start, n, 4)
+                rows, pos, target = rows[has[rows]], pos[has[rows]], target[has[rows]]
                 if len(rows):
-                    target = (after[rows, pos] - start).to(hidden.dtype) / (n - 1)  # (M, 4) x1 y1 x2 y2
-                    loss = loss + rp.loss(hidden[rows, pos], keys[rows], boxes[rows], target)
+                    loss = loss + self.region_pointer.loss(hidden[rows, pos], keys[rows], boxes[rows],
+                                                           target.to(hidden.dtype))
+            if clips is not None:
+                slots, mask = clips
+                rows, pos, target = marked_locations(input_ids, labels, cfg.span_token_id, start, n, 2)
+                has = mask.any(1)[rows]
+                rows, pos, target = rows[has], pos[has], target[has]
+                if len(rows):
+                    loss = loss + self.span_pointer.loss(hidden[rows, pos], slots[rows], mask[rows], target)
         else:
-            if prefill or self._regions is None or len(self._regions["pending"]) != b:
-                self._regions = {"keys": None if keys is None else keys.detach(), "has": has,
-                                 "boxes": None if boxes is None else boxes.detach(), "pending": [[] for _ in range(b)],
-                                 "confidences": [[] for _ in range(b)]}
-            state = self._regions
-            for r in range(b):
-                todo = state["pending"][r]
-                j = None if todo or not state["has"][r] else written_since_box(input_ids[r].tolist(), box_id, start, n)
-                if j is not None:  # about to write coordinate j of a box: choose its patch
-                    probs = rp.logits(hidden[r, -1 - j][None], state["keys"][r][None])[0].float().softmax(-1)
-                    choice = probs.argmax()
-                    todo[:] = box_bins(state["boxes"][r, choice], n)[j:]
-                    # the forced tokens' own probability is 1: the box's confidence is the pointer's, summed
-                    # over the patches whose box agrees with the chosen one (an object spans several)
-                    same = pairwise_box_iou(state["boxes"][r][None], state["boxes"][r, choice][None])[0] >= 0.5
-                    same[choice] = True  # even a degenerate box agrees with itself
-                    state["confidences"][r].append(float(probs[same].sum()))
-                if todo:
-                    forced = torch.full_like(logits[r, -1], float("-inf"))
-                    forced[start + todo.pop(0)] = 0.0
-                    logits[r, -1] = forced
+            self._force_pointed_tokens(input_ids, hidden, logits, regions, clips, prefill)
         return self._output(loss, logits, out)
 
-    def region_confidences(self) -> list[list[float]] | None:
-        """Per row of the last cached generate() call, the confidence of each region box it wrote, in order
-        (None without region boxes): what a box's score is, as its forced tokens say nothing."""
-        return None if self._regions is None else self._regions["confidences"]
+    def _clip_slots(self, input_ids, media) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each row's clip as time slots -- its first video, else its first audio: the resampler's outputs
+        (B, Q, H), Q the larger of the two kinds' query counts, and a mask (B, Q) of the real ones (none for
+        a row without a clip). None when the batch has no clip."""
+        found = [(media[tid], first_item_per_row(input_ids, tid, media[tid].shape[1]))
+                 for tid in (self.config.audio_token_id, self.config.video_token_id) if tid in media]
+        if not found:
+            return None
+        b, nq = input_ids.shape[0], max(feats.shape[1] for feats, _ in found)
+        slots = found[0][0].new_zeros(b, nq, found[0][0].shape[-1])
+        mask = torch.zeros(b, nq, dtype=torch.bool, device=input_ids.device)
+        for feats, row in found:  # video last: it wins in a row that has both
+            has = row >= 0
+            q = feats.shape[1]
+            slots[has] = F.pad(feats[row[has]], (0, 0, 0, nq - q))
+            mask[has] = torch.arange(nq, device=mask.device) < q
+        return slots, mask
+
+    def _force_pointed_tokens(self, input_ids, hidden, logits, regions, clips, prefill) -> None:
+        """Generation: where a row is to write a box's / span's location tokens, choose them with the pointer
+        and force them (the logits of the row's last position become one-hot), one per step."""
+        cfg = self.config
+        n, start, b = cfg.num_location_bins, cfg.loc_token_start_id, input_ids.shape[0]
+        state = self._pointing
+        if prefill or state is None or len(state["pending"]) != b:
+            detach = lambda ts: None if ts is None else tuple(t.detach() for t in ts)  # noqa: E731
+            state = self._pointing = {"regions": detach(regions), "clips": detach(clips),
+                                      "pending": [[] for _ in range(b)],
+                                      "confidences": [{"box": [], "span": []} for _ in range(b)]}
+        for r in range(b):
+            todo = state["pending"][r]
+            if not todo:
+                ids = input_ids[r].tolist()
+                if state["regions"] is not None and state["regions"][2][r]:
+                    j = written_since(ids, cfg.box_token_id, start, n, 4)
+                    if j is not None:  # about to write coordinate j of a box: choose its patch
+                        keys, boxes, _ = state["regions"]
+                        bins, conf = self.region_pointer.choose(hidden[r, -1 - j], keys[r], boxes[r], n)
+                        todo[:] = bins[j:]
+                        state["confidences"][r]["box"].append(conf)
+                if not todo and state["clips"] is not None and state["clips"][1][r].any():
+                    j = written_since(ids, cfg.span_token_id, start, n, 2)
+                    if j is not None:  # about to write time j of a span: choose its slots
+                        slots, mask = state["clips"]
+                        bins, conf = self.span_pointer.choose(hidden[r, -1 - j], slots[r], mask[r], n)
+                        todo[:] = bins[j:]
+                        state["confidences"][r]["span"].append(conf)
+            if todo:
+                forced = torch.full_like(logits[r, -1], float("-inf"))
+                forced[start + todo.pop(0)] = 0.0
+                logits[r, -1] = forced
+
+    def pointer_confidences(self) -> list[dict[str, list[float]]] | None:
+        """Per row of the last cached generate() call, the confidence of each pointed box and span it wrote,
+        in order (`{"box": [..], "span": [..]}`; None without pointers): what such an item's score is, as its
+        forced tokens say nothing."""
+        return None if self._pointing is None else self._pointing["confidences"]
 
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         """Media only in the prefill step: afterwards the KV cache already holds them."""
@@ -967,7 +1111,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
 
     # ---- what trains when: the one place that says it ----
     def adapter_modules(self) -> list[nn.Module]:
-        extra = [m for m in (self.location_pointer, self.region_pointer) if m is not None]
+        extra = [m for m in (self.location_pointer, self.region_pointer, self.span_pointer) if m is not None]
         return [self.image_projector, self.video_resampler, self.audio_resampler, *extra]
 
     def encoder_modules(self) -> list[nn.Module]:

@@ -48,12 +48,17 @@ class ModelInit(BaseModel):
     from_checkpoint: str | None = None  # the previous stage's `model/` (or any omniground checkpoint)
     tiny: dict[str, Any] | None = None  # `build_tiny(**tiny)`: a fresh from-scratch model
     backbones: dict[str, Any] | None = None  # `from_backbones(**backbones)`: pretrained LM/encoders
+    # with from_checkpoint: model-config fields to change, e.g. {span_pointers: true} to add a pointer head
+    # (new weights start fresh) to a checkpoint that lacks one
+    config_updates: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _one(self) -> ModelInit:
         given = [k for k in ("from_checkpoint", "tiny", "backbones") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"model needs exactly one of from_checkpoint, tiny, backbones (got {given or 'none'})")
+        if self.config_updates and self.from_checkpoint is None:
+            raise ValueError("config_updates applies to from_checkpoint only (tiny and backbones take their own)")
         return self
 
 

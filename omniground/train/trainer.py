@@ -45,7 +45,7 @@ def build_start_model(init: ModelInit) -> OmniGround:
     if init.from_checkpoint is not None:
         from omniground.model.api import load
 
-        og = load(init.from_checkpoint)
+        og = load(init.from_checkpoint, **(init.config_updates or {}))
         og.model.train()
         return og
     if init.tiny is not None:
