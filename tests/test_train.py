@@ -137,11 +137,14 @@ def test_stages_chain_and_stage1_adapters_are_saved_and_loaded(tmp_path, data):
     assert (cfg1.output_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
     # stage 2 starts from stage 1's saved model: its adapters are the trained ones, not fresh ones
-    cfg2 = stage_config(tmp_path, data, 2, {"from_checkpoint": str(cfg1.model_dir)}, max_steps=2)
+    # (and may add a part to it: a span pointer, fresh, among the adapters)
+    cfg2 = stage_config(tmp_path, data, 2, {"from_checkpoint": str(cfg1.model_dir),
+                                            "config_updates": {"span_pointers": True, "time_anchored_queries": True}},
+                        max_steps=2)
     t2 = Trainer(cfg2)
     loaded = _adapter_state(t2.og.model)
     assert all(torch.equal(loaded[k], trained[k]) for k in trained)
-    assert t2.og.model.config.num_location_bins == 16
+    assert t2.og.model.config.num_location_bins == 16 and t2.og.model.span_pointer in t2.og.model.adapter_modules()
     # stage 2 trains the LM too
     lm_params = [p for p in t2.og.model.language_model.model.layers.parameters()]
     assert lm_params and all(p.requires_grad for p in lm_params)
@@ -202,6 +205,8 @@ def test_config_errors_are_one_line(tmp_path):
         load_config(two)
     ok = load_config(two, {"model": {"tiny": {}}, "max_steps": 7})
     assert ok.max_steps == 7 and ok.model.tiny == {}
+    with pytest.raises(TrainConfigError, match="config_updates applies to from_checkpoint"):
+        load_config(two, {"model": {"tiny": {}, "config_updates": {"span_pointers": True}}})
 
 
 def test_cli_reports_bad_input_in_one_line_with_exit_2(tmp_path):

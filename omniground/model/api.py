@@ -224,10 +224,8 @@ class OmniGround:
         g = self.processor.post_process_grounding(model_text, meta)
         box_scores, span_scores = self._item_scores(ids_list, probs_list)
         pointed = pointed or {}
-        if pointed.get("box") and len(pointed["box"]) == len(box_scores):  # every box a pointed one
-            box_scores = pointed["box"]
-        if pointed.get("span") and len(pointed["span"]) == len(span_scores):
-            span_scores = pointed["span"]
+        box_scores = _tail_scores(box_scores, len(g.boxes), pointed.get("box", []))
+        span_scores = _tail_scores(span_scores, len(g.spans), pointed.get("span", []))
         boxes = [b if b.score is not None else _with_score(b, box_scores, i) for i, b in enumerate(g.boxes)]
         spans = [s if s.score is not None else _with_score(s, span_scores, i) for i, s in enumerate(g.spans)]
         return ChatResult(g.text, boxes, spans, g.boxes_pixels, g.spans_seconds, model_text, g.problems, n, finish)
@@ -271,8 +269,19 @@ def _as_list(x) -> list:
     return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def _with_score(item, scores: list[float], i: int):
-    return replace(item, score=scores[i]) if i < len(scores) else item
+def _with_score(item, scores: list[float | None], i: int):
+    return replace(item, score=scores[i]) if i < len(scores) and scores[i] is not None else item
+
+
+def _tail_scores(generated: list[float], count: int, pointed: list[float]) -> list[float | None]:
+    """Scores of an answer's `count` boxes (or spans), in text order: the generated tokens' scores belong to
+    the last items (those in a given answer start come first, unscored), and a pointed item's score is
+    its pointer's confidence -- every item whose marker was at or after the prompt's end is pointed, so
+    they too are the last ones."""
+    scores: list[float | None] = [None] * max(0, count - len(generated)) + list(generated)[-count:] if count else []
+    if pointed and len(pointed) <= count:
+        scores[count - len(pointed):] = pointed
+    return scores
 
 
 def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, device: str | None = None, dtype=None,

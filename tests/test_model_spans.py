@@ -1,0 +1,147 @@
+"""`span_pointers`: a span on a clip is two pointers at its time slots, where it starts and where it ends."""
+
+import pytest
+import torch
+from micro import audio, labelled_batch, micro_model, turn, video
+
+from omniground.model import OmniGround
+from omniground.model.api import load
+from omniground.model.modeling_omniground import merge_media_embeddings, span_bins, span_slots, written_since
+
+SPANS = dict(span_pointers=True, time_anchored_queries=True, audio_num_queries=2)  # video 4 slots, audio 2
+CONVS = [turn("<video>\nWhen does it move?", "{0.25,0.75}"),
+         turn("Say hi.", "hi"),
+         turn("<audio>\nWhen is the bell?", "At {0.50,1.00}, then {0.00,0.40}.")]
+MEDIA = [[video()], None, [audio()]]
+QUESTIONS = [[{"role": "user", "content": "<video>\nWhen does it move?"}],
+             [{"role": "user", "content": "<audio>\nWhen is the bell?"}]]
+
+
+def _media(m, inputs) -> dict[int, torch.Tensor]:
+    cfg, media = m.config, {}
+    if "video_pixel_values" in inputs:
+        media[cfg.video_token_id] = m.encode_videos(inputs["video_pixel_values"], inputs["video_frame_mask"],
+                                                    inputs["video_timestamps"], inputs["video_durations"])
+    if "audio_features" in inputs:
+        media[cfg.audio_token_id] = m.encode_audios(inputs["audio_features"], inputs["audio_window_mask"],
+                                                    inputs["audio_starts"], inputs["audio_durations"])
+    return media
+
+
+def _hidden(m, inputs, media):
+    """The LM's last hidden states for `inputs`, by hand: clip tokens written over their placeholders."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    embeds = merge_media_embeddings(ids, m.get_input_embeddings()(ids), media)
+    return m.language_model.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
+                                          position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).last_hidden_state
+
+
+def _prompts_ending_in_a_span(og):
+    inputs, _ = og.processor.prepare(QUESTIONS, [[video()], [audio()]], add_generation_prompt=True,
+                                     answer_prefixes=["<|span|>", "At <|span|>"], padding_side="left")
+    assert (inputs["input_ids"][:, -1] == og.model.config.span_token_id).all()
+    return inputs
+
+
+def test_flag_adds_only_the_span_pointer_and_checks_its_needs():
+    plain, spans = micro_model(time_anchored_queries=True), micro_model(**SPANS)
+    assert plain.model.span_pointer is None
+    extra = set(spans.model.state_dict()) - set(plain.model.state_dict())
+    assert extra and all(k.startswith("span_pointer.") for k in extra)
+    with pytest.raises(ValueError, match="time_anchored_queries"):
+        micro_model(span_pointers=True)  # slots must stand for stretches of time
+    with pytest.raises(ValueError, match="num_location_bins"):
+        micro_model(**SPANS, num_location_bins=0)
+
+
+def test_span_slots_round_to_the_nearest_slot_edges_and_bins_write_them_back():
+    target = torch.tensor([[0.25, 0.75], [0.10, 0.14], [0.0, 1.0], [0.9, 0.95]])
+    first, last = span_slots(target, torch.tensor([4, 4, 4, 2]))
+    assert first.tolist() == [1, 0, 0, 1] and last.tolist() == [2, 0, 3, 1]  # at least one slot; clamped
+    assert span_bins(1, 2, 4, 17) == [4, 12]  # slots 1..2 of 4 = [0.25, 0.75] -> bins of 16 steps
+    assert span_bins(0, 3, 4, 16) == [0, 15]
+    assert written_since([1, 9, 10], 9, 10, 4, 2) == 1 and written_since([1, 9, 10, 11], 9, 10, 4, 2) is None
+
+
+def test_training_loss_adds_the_span_pointer_loss_and_reaches_the_resamplers():
+    og = micro_model(**SPANS)
+    m = og.model
+    m.set_stage(1)
+    assert all(p.requires_grad for p in m.span_pointer.parameters())
+    inputs = labelled_batch(og, CONVS, MEDIA)
+    out = m(**inputs)
+    sp, cfg = m.span_pointer, m.config
+    with torch.no_grad():  # by hand: LM loss + pointer loss over the three answer spans (rows 0, 2, 2)
+        pointer, m.span_pointer = m.span_pointer, None
+        lm_loss = m(**inputs).loss
+        m.span_pointer = pointer
+        media = _media(m, inputs)
+        ids = inputs["input_ids"]
+        hidden = _hidden(m, inputs, media)
+        rows, pos = (ids == cfg.span_token_id).nonzero(as_tuple=True)
+        assert rows.tolist() == [0, 2, 2]
+        v, a = media[cfg.video_token_id][0], media[cfg.audio_token_id][0]  # (4, H), (2, H)
+        slots = torch.stack([v, torch.cat([a, torch.zeros_like(a)]), torch.cat([a, torch.zeros_like(a)])])
+        mask = torch.tensor([[True] * 4, [True, True, False, False], [True, True, False, False]])
+        target = (torch.stack([ids[r, p + 1 : p + 3] for r, p in zip(rows, pos)]) - cfg.loc_token_start_id) / (
+            cfg.num_location_bins - 1)
+        want = lm_loss + sp.loss(hidden[rows, pos], slots, mask, target)
+    torch.testing.assert_close(out.loss, want, rtol=1e-4, atol=1e-4)
+    assert want > lm_loss + 0.5  # the pointer's share is there (about log 4 + log 4 for the video span)
+    out.loss.backward()
+    assert sp.query[1].weight.grad.abs().sum() > 0 and sp.key[1].weight.grad.abs().sum() > 0
+    # the pointer teaches the resamplers (their tokens are the slots), not only the LM
+    assert m.video_resampler.output_proj.weight.grad.abs().sum() > 0
+    assert m.audio_resampler.output_proj.weight.grad.abs().sum() > 0
+
+
+def test_generation_writes_the_span_of_the_slots_the_pointer_chooses(tmp_path):
+    og = micro_model(**SPANS)
+    m, cfg, n = og.model, og.model.config, og.model.config.num_location_bins
+    with torch.no_grad():
+        m.span_pointer.query[1].weight.normal_(0, 1.0)  # peaked scores, so the rows choose differently
+    inputs = _prompts_ending_in_a_span(og)
+    with torch.no_grad():
+        out = m.generate(**inputs, max_new_tokens=2, do_sample=False)[:, -2:]
+        confidences = [c["span"] for c in m.pointer_confidences()]
+        media = _media(m, inputs)
+        hidden = _hidden(m, inputs, media)[:, -1]
+    chosen = []
+    for r, (tid, nq) in enumerate([(cfg.video_token_id, 4), (cfg.audio_token_id, 2)]):
+        slots = media[tid][0]
+        p = m.span_pointer.logits(hidden[r][None], slots[None], torch.ones(1, nq, dtype=torch.bool))[0].softmax(-1)
+        # by hand: the pair first <= last of the highest P(first) * P(last)
+        pairs = [(p[0, i] * p[1, j], i, j) for i in range(nq) for j in range(i, nq)]
+        best, i, j = max(pairs)
+        chosen.append(span_bins(i, j, nq, n))
+        assert out[r].tolist() == [cfg.loc_token_start_id + b for b in chosen[r]]
+        # its confidence: the pairs whose span overlaps the chosen one at IoU >= 0.5
+        agree = sum(float(q.detach()) for q, a, b in pairs
+                    if (min(b, j) - max(a, i) + 1) / (max(b, j) - min(a, i) + 1) >= 0.5)
+        assert confidences[r] == [pytest.approx(agree, rel=1e-4)] and 0 < agree < 1
+    # without a KV cache the same tokens; one row alone too
+    with torch.no_grad():
+        nocache = m.generate(**inputs, max_new_tokens=2, do_sample=False, use_cache=False)[:, -2:]
+        one = {k: v[1:] for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        one.update({k: v for k, v in inputs.items() if k.startswith("audio_")})
+        alone = m.generate(**one, max_new_tokens=2, do_sample=False)[:, -2:]
+    assert nocache.tolist() == out.tolist() and alone[0].tolist() == out[1].tolist()
+    # the answer carries the span, scored by the pointer; save and load keep the pointer
+    result = og.chat(QUESTIONS[0], [video()], answer_prefixes=["<|span|>"], max_new_tokens=2)
+    (span,) = result.spans
+    assert (span.start, span.end) == pytest.approx(tuple(b / (n - 1) for b in chosen[0]), abs=0.006)
+    assert span.score == pytest.approx(confidences[0][0], rel=1e-4)
+    og.save_pretrained(tmp_path)
+    back = OmniGround.from_pretrained(tmp_path)
+    for k, v in m.span_pointer.state_dict().items():
+        torch.testing.assert_close(back.model.span_pointer.state_dict()[k], v)
+
+
+def test_a_checkpoint_without_span_pointers_gains_fresh_ones_on_load(tmp_path):
+    og = micro_model(time_anchored_queries=True)
+    og.save_pretrained(tmp_path)
+    grown = load(tmp_path, span_pointers=True)
+    assert grown.model.config.span_pointers and grown.model.span_pointer is not None
+    before = og.model.state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in grown.model.state_dict().items() if k in before)
+    assert load(tmp_path).model.span_pointer is None
