@@ -80,8 +80,10 @@ def test_gradients_reach_the_pointer_and_the_vision_tower():
     assert m.vision_tower.encoder.patch_embed.weight.grad.abs().sum() > 0
 
 
-def test_cached_decoding_keeps_the_image_features():
-    """A location token decoded after the prefill (media dropped) scores as in one full forward."""
+@pytest.mark.parametrize("cache_name", ["past_key_values", "cache"])
+def test_cached_decoding_keeps_the_image_features(cache_name):
+    """A location token decoded after the prefill (media dropped) scores as in one full forward, whichever
+    name the cache comes under (transformers' generate() renamed it `cache`)."""
     og = micro_model(location_pointer=True)
     m, cfg = og.model, og.model.config
     randomise(m.location_pointer)
@@ -93,7 +95,7 @@ def test_cached_decoding_keeps_the_image_features():
         full = m(input_ids=torch.cat([ids, nxt], 1), pixel_values=inputs["pixel_values"],
                  attention_mask=torch.ones(1, ids.shape[1] + 2, dtype=torch.long)).logits[:, -2:]
         pre = m(**inputs, use_cache=True)
-        step = m(input_ids=nxt, past_key_values=pre.past_key_values, use_cache=True,
+        step = m(input_ids=nxt, **{cache_name: pre.past_key_values}, use_cache=True,
                  attention_mask=torch.ones(1, ids.shape[1] + 2, dtype=torch.long)).logits
     torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
 

@@ -14,6 +14,7 @@ KV cache holds the prompt) -- the original re-ran its video/audio encoders for e
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -703,6 +704,12 @@ class SpanPointer(nn.Module):
 # =================================================================================================
 
 
+def cache_kwarg(module: nn.Module) -> str:
+    """The name `module.forward` takes the KV cache under: transformers renamed `past_key_values` to `cache`
+    (5.2x), and omniground runs on both sides of the rename."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def merge_media_embeddings(
     input_ids: torch.Tensor, inputs_embeds: torch.Tensor, media: dict[int, torch.Tensor]
 ) -> torch.Tensor:
@@ -881,6 +888,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
+        # generate() hands the cache over as `cache` in newer transformers
+        past_key_values = kwargs.pop("cache", None) if past_key_values is None else past_key_values
         prefill = past_key_values is None or past_key_values.get_seq_length() == 0
         if position_ids is None and attention_mask is not None and attention_mask.ndim == 2 and prefill:
             # left padding: positions count real tokens only (generate makes these itself when decoding)
@@ -919,11 +928,11 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
                 )
 
+        kwargs[cache_kwarg(self.language_model)] = past_key_values
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             labels=labels,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
@@ -981,9 +990,11 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
     def _decode(self, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, logits_to_keep,
                 **kwargs):
         """The LM's decoder and head run apart (the pointers need the hidden states): (out, hidden, logits)."""
-        out = self.language_model.get_decoder()(
+        decoder = self.language_model.get_decoder()
+        kwargs[cache_kwarg(decoder)] = past_key_values
+        out = decoder(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, use_cache=use_cache, **kwargs,
+            use_cache=use_cache, **kwargs,
         )
         hidden = out.last_hidden_state  # (B, L, H)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
