@@ -704,9 +704,13 @@ class SpanPointer(nn.Module):
 # =================================================================================================
 
 
+# transformers 5.2x renamed the KV cache `past_key_values` -> `cache` (in outputs and forward arguments);
+# omniground runs on both sides of the rename.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 def cache_kwarg(module: nn.Module) -> str:
-    """The name `module.forward` takes the KV cache under: transformers renamed `past_key_values` to `cache`
-    (5.2x), and omniground runs on both sides of the rename."""
+    """The name `module.forward` takes the KV cache under (see CACHE_FIELD)."""
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
@@ -1003,7 +1007,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
     @staticmethod
     def _output(loss, logits, out) -> CausalLMOutputWithPast:
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values,
+            loss=loss, logits=logits, **{CACHE_FIELD: getattr(out, CACHE_FIELD, None)},
             hidden_states=getattr(out, "hidden_states", None), attentions=getattr(out, "attentions", None),
         )
 
