@@ -704,7 +704,7 @@ class SpanPointer(nn.Module):
 # =================================================================================================
 
 
-# transformers 5.2x renamed the KV cache `past_key_values` -> `cache` (in outputs and forward arguments);
+# transformers 5.24 renamed the KV cache `past_key_values` -> `cache` (in outputs and forward arguments);
 # omniground runs on both sides of the rename.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
