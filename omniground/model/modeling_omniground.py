@@ -28,6 +28,16 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
+# transformers 5.24 renamed the KV cache `past_key_values` -> `cache` (in outputs and forward arguments);
+# omniground runs on both sides of the rename.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def cache_kwarg(module: nn.Module) -> str:
+    """The name `module.forward` takes the KV cache under (see CACHE_FIELD)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 # Every model input that carries media; dropped after the prefill step of cached generation.
 MEDIA_INPUT_NAMES = (
     "pixel_values",
@@ -702,16 +712,6 @@ class SpanPointer(nn.Module):
 # =================================================================================================
 # Merge
 # =================================================================================================
-
-
-# transformers 5.24 renamed the KV cache `past_key_values` -> `cache` (in outputs and forward arguments);
-# omniground runs on both sides of the rename.
-CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-
-
-def cache_kwarg(module: nn.Module) -> str:
-    """The name `module.forward` takes the KV cache under (see CACHE_FIELD)."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def merge_media_embeddings(
