@@ -14,6 +14,7 @@ KV cache holds the prompt) -- the original re-ran its video/audio encoders for e
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -33,9 +34,11 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-def cache_kwarg(module: nn.Module) -> str:
-    """The name `module.forward` takes the KV cache under (see CACHE_FIELD)."""
-    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+@functools.cache
+def cache_kwarg(lm_class: type) -> str:
+    """The name `lm_class.forward` takes the KV cache under (see CACHE_FIELD); read once per class, as the
+    forward pass runs for every generated token."""
+    return "cache" if "cache" in inspect.signature(lm_class.forward).parameters else "past_key_values"
 
 
 # Every model input that carries media; dropped after the prefill step of cached generation.
@@ -932,7 +935,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
                 )
 
-        kwargs[cache_kwarg(self.language_model)] = past_key_values
+        kwargs[cache_kwarg(type(self.language_model))] = past_key_values
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -995,7 +998,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 **kwargs):
         """The LM's decoder and head run apart (the pointers need the hidden states): (out, hidden, logits)."""
         decoder = self.language_model.get_decoder()
-        kwargs[cache_kwarg(decoder)] = past_key_values
+        kwargs[cache_kwarg(type(decoder))] = past_key_values
         out = decoder(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             use_cache=use_cache, **kwargs,
