@@ -145,3 +145,16 @@ def test_a_checkpoint_without_span_pointers_gains_fresh_ones_on_load(tmp_path):
     before = og.model.state_dict()
     assert all(torch.equal(v, before[k]) for k, v in grown.model.state_dict().items() if k in before)
     assert load(tmp_path).model.span_pointer is None
+
+
+def test_config_updates_that_resize_a_part_start_that_part_fresh(tmp_path):
+    og = micro_model(**SPANS)
+    og.save_pretrained(tmp_path)
+    finer = load(tmp_path, audio_num_queries=4)  # twice the audio time slots
+    assert finer.model.audio_resampler.queries.shape[0] == 4 and finer.model.config.audio_num_queries == 4
+    before = og.model.state_dict()
+    after = finer.model.state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in after.items() if k != "audio_resampler.queries")
+    inputs, _ = finer.processor.prepare([QUESTIONS[1]], [[audio()]], add_generation_prompt=True)
+    assert (inputs["input_ids"] == finer.model.config.audio_token_id).sum() == 4  # the prompt has room for them
+    assert finer.model(**inputs).logits.isfinite().all()

@@ -287,10 +287,13 @@ def _tail_scores(generated: list[float], count: int, pointed: list[float]) -> li
 def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, device: str | None = None, dtype=None,
          **config_updates) -> OmniGround:
     """The shipped default by name, a local checkpoint directory, or a Hugging Face hub id (cache first).
-    `config_updates` change fields of the saved config (weights of parts they add start fresh).
+    `config_updates` change fields of the saved config; the parts they add or resize start fresh (e.g.
+    more resampler queries), the rest loads as saved.
 
     Raises ModelNotFoundError (a one-line UserError) when there is no model there.
     """
+    if config_updates:  # a resized part is re-initialised (transformers reports it), as an added part is
+        config_updates = {"ignore_mismatched_sizes": True, **config_updates}
     name = str(path_or_name)
     shipped = CHECKPOINT_DIR / name
     if os.sep not in name and "/" not in name and shipped.is_dir():
