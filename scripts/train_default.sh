@@ -14,7 +14,7 @@ DATA=runs/data/synth
 # the code it is trained from, taken now (the install below rewrites the tracked checkpoint files)
 COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
 
-[ -f $DATA/train.jsonl ] || scripts/make_default_data.sh $DATA
+[ -f $DATA/train.jsonl ] && [ -f $DATA/extra/train.jsonl ] || scripts/make_default_data.sh $DATA
 
 for stage in 0 1 2 2b 3; do
     python -m omniground.train configs/omniground-tiny/stage$stage.yaml --resume 2>&1 | tee $RUN.stage$stage.log
