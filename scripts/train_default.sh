@@ -3,7 +3,7 @@
 # splits (test: seeds never used in training; unseen: held-out combinations), and install the model
 # where `omniground.load("omniground-tiny")` finds it.
 #
-#   scripts/train_default.sh            # 30-60 min on two CPU threads, data generation and evaluation included; minutes on a GPU
+#   scripts/train_default.sh            # about 55 min on two CPU threads, data generation and evaluation included; minutes on a GPU
 #
 # The shipped checkpoint records the commit it was trained from in TRAINED_FROM.txt.
 set -euo pipefail
@@ -43,7 +43,7 @@ rm -rf $DEST && mkdir -p $DEST
 cp $RUN/stage3/model/* $DEST/
 {
     echo "commit: $COMMIT"
-    echo "data: scripts/make_default_data.sh (train seed 0, val seed 1, test/unseen seed 2)"
+    echo "data: scripts/make_default_data.sh (train seed 0, extra seed 3, val seed 1, test/unseen seed 2)"
     echo "configs: configs/omniground-tiny/stage{0,1,2,2b,3}.yaml"
 } > $DEST/TRAINED_FROM.txt
 echo "installed $DEST"
