@@ -6,8 +6,8 @@ OUT=${1:-runs/data/synth}
 SYNTH=${SYNTH:-"python -c 'from omniground.data.cli import app; app()' synth"}
 SMALL="--image-size 64 --video-size 64 --video-seconds 2,8 --fps 4,6,8 --audio-seconds 3,8 --workers ${WORKERS:-1}"
 eval "$SYNTH --out $OUT --split train  --seed 0 --images 6000 --videos 2000 --audios 2000 $SMALL"
-# stage 0 only: 6000 more scenes (seed 3) for the encoders' dense labels -- the object kinds were still
-# being learned when 6000 scenes had been seen 19 times each
+# 6000 more scenes (seed 3), images only: stage 0 learns object kinds from both sets, and stages 2 / 2b
+# read their REC and negatives (with 6000 scenes, stage 0 still improved and REC over-fitted)
 eval "$SYNTH --out $OUT/extra --split train --seed 3 --images 6000 --videos 0 --audios 0 --stages 2 $SMALL"
 eval "$SYNTH --out $OUT --split val    --seed 1 --images 200  --videos 100  --audios 100  --stages 2 $SMALL"
 eval "$SYNTH --out $OUT --split test   --seed 2 --images 400  --videos 200  --audios 200  --stages 2 $SMALL"
