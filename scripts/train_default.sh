@@ -14,7 +14,7 @@ DATA=runs/data/synth
 # the code it is trained from, taken now (the install below rewrites the tracked checkpoint files)
 COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
 
-[ -f $DATA/train.jsonl ] && [ -f $DATA/extra/train.jsonl ] || scripts/make_default_data.sh $DATA
+[ -f $DATA/train.jsonl ] && [ -f $DATA/extra/train.jsonl ] && [ -f $DATA/test-images/test.jsonl ] || scripts/make_default_data.sh $DATA
 
 for stage in 0 1 2 2b 3; do
     python -m omniground.train configs/omniground-tiny/stage$stage.yaml --resume 2>&1 | tee $RUN.stage$stage.log
@@ -38,12 +38,16 @@ for split in test unseen; do
         --out $RUN/eval-$split-rec-phrase
 done
 
+# the bigger image draw (seed 4): REC (free and phrase given), negatives, sound localisation
+python -m omniground eval run --data $DATA/test-images/test.jsonl --model $RUN/stage3/model --out $RUN/eval-test-images
+python -m omniground eval run --data $DATA/test-images/test.jsonl --task rec --model $RUN/stage3/model --answer-start \
+    --out $RUN/eval-test-images-rec-phrase
 DEST=omniground/checkpoints/omniground-tiny
 rm -rf $DEST && mkdir -p $DEST
 cp $RUN/stage3/model/* $DEST/
 {
     echo "commit: $COMMIT"
-    echo "data: scripts/make_default_data.sh (train seed 0, extra seed 3, val seed 1, test/unseen seed 2)"
+    echo "data: scripts/make_default_data.sh (train seed 0, extra seed 3, val seed 1, test/unseen seed 2, test-images seed 4)"
     echo "configs: configs/omniground-tiny/stage{0,1,2,2b,3}.yaml"
 } > $DEST/TRAINED_FROM.txt
 echo "installed $DEST"
