@@ -31,17 +31,15 @@ for name in ("stage1", "stage2", "stage2b", "stage3"):
 plot_stages(Path("runs/omniground-tiny/curve.png"), stages, title="omniground-tiny: all stages")
 PY
 
-for split in test unseen; do
-    python -m omniground eval run --data $DATA/$split.jsonl --model $RUN/stage3/model --out $RUN/eval-$split
+# test-images/test: the bigger image draw (seed 4) for REC, negatives and sound localisation
+for split in test unseen test-images/test; do
+    name=${split%/test}  # eval-test, eval-unseen, eval-test-images
+    python -m omniground eval run --data $DATA/$split.jsonl --model $RUN/stage3/model --out $RUN/eval-$name
     # REC again with the phrase given as the answer's start (Kosmos-2's protocol; what `omniground ground` does)
     python -m omniground eval run --data $DATA/$split.jsonl --task rec --model $RUN/stage3/model --answer-start \
-        --out $RUN/eval-$split-rec-phrase
+        --out $RUN/eval-$name-rec-phrase
 done
 
-# the bigger image draw (seed 4): REC (free and phrase given), negatives, sound localisation
-python -m omniground eval run --data $DATA/test-images/test.jsonl --model $RUN/stage3/model --out $RUN/eval-test-images
-python -m omniground eval run --data $DATA/test-images/test.jsonl --task rec --model $RUN/stage3/model --answer-start \
-    --out $RUN/eval-test-images-rec-phrase
 DEST=omniground/checkpoints/omniground-tiny
 rm -rf $DEST && mkdir -p $DEST
 cp $RUN/stage3/model/* $DEST/
