@@ -25,6 +25,12 @@ def test_every_task_has_thirty_distinct_questions_and_every_stage_is_covered():
     assert {t.stage for t in instruct.TEMPLATES.values()} == {1, 2, 3}
 
 
+def test_present_and_absent_phrases_are_asked_the_same_questions():
+    """A question asked only of absent phrases ("Is there ...?") lets the model decline on its wording."""
+    assert set(instruct.TEMPLATES["rec"].questions) == set(instruct.TEMPLATES["negative"].questions)
+    assert any(q.startswith("Is there") for q in instruct.TEMPLATES["rec"].questions)
+
+
 @pytest.mark.parametrize("task", sorted(instruct.TEMPLATES))
 def test_every_phrasing_fills_its_slots_and_writes_locations_exactly(task):
     t = instruct.TEMPLATES[task]

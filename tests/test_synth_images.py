@@ -16,7 +16,7 @@ from omniground.data.synth import assets
 from omniground.data.synth.build import run
 from omniground.data.synth.common import HELD_OUT
 from omniground.data.synth.config import SynthConfig
-from omniground.data.synth.images import CELL_NAMES, SceneObject, sprite
+from omniground.data.synth.images import CELL_NAMES, RELATIONS, SceneObject, negative_phrase, plan_scene, sprite
 from omniground.grounding import parse
 from omniground.media import load_audio
 
@@ -158,13 +158,44 @@ def test_negatives_ask_for_what_is_absent(data):
     assert negatives and all(not s.boxes for s in negatives)
     for s in negatives:
         scene = s.meta["scene"]
-        words = s.meta["absent"].split(" ", 1)
-        colour, name = (words[0], words[1]) if words[0] in assets.COLOURS else (None, s.meta["absent"])
-        assert name in {o.name for o in assets.OBJECTS}
+        name, colour = s.meta["absent_object"]["name"], s.meta["absent_object"]["colour"]
+        assert name in {o.name for o in assets.OBJECTS} and name in s.meta["absent"]
+        assert s.meta["absent"] in s.conversation[0].content
         assert name not in assets.BACKGROUND_BY_FILE[scene["background"]["file"]].contains
         present = [o for o in scene["objects"] if o["name"] == name]
         assert all(colour not in assets.looks(name, o["colour"]) for o in present) if colour else not present, s.id
         assert parse(s.conversation[1].content).boxes == []
+
+
+def test_absent_phrases_take_every_form_present_ones_do():
+    """Were absent phrases only "the guitar" / "the green chair", a long phrase would always be present and the
+    model could decline on the phrase's form without looking at the picture."""
+    rng = np.random.default_rng(0)
+    forms = Counter()
+    for _ in range(300):
+        scene = plan_scene(rng, "relation", 128, False)
+        absent = negative_phrase(scene, rng, False)
+        words = absent.phrase.split()
+        instances = [o for o in scene.objects if o.name == absent.name]
+        if absent.colour:  # a colour that no instance of the category shows, or a category not there at all
+            assert all(absent.colour not in assets.looks(o.name, o.colour) for o in instances), absent
+        else:
+            assert not instances, absent
+        if any(r in absent.phrase for r in RELATIONS):
+            forms["relation"] += 1
+            assert not {absent.name, absent.phrase.rsplit(" ", 1)[-1]} & HELD_OUT.relation_objects
+        elif " from the " in absent.phrase or words[0] in {"leftmost", "rightmost", "topmost", "lowest"}:
+            forms["ordinal"] += 1
+        elif " at the " in absent.phrase:
+            forms["position"] += 1
+        elif words[0] in {"big", "small"}:
+            forms["size"] += 1
+        elif words[0] in assets.COLOURS:
+            forms["colour"] += 1
+        else:
+            assert absent.phrase == absent.name
+            forms["category"] += 1
+    assert all(forms[k] >= 10 for k in ("category", "colour", "size", "position", "ordinal", "relation")), forms
 
 
 def test_every_task_and_stage_is_made(data):

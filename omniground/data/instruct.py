@@ -396,14 +396,14 @@ _SOUND_LOCALIZATION_A = (
     "You can hear the {located}.",
 )
 
-_NEGATIVE_Q = (
+# Questions first written for absent phrases. REC asks them too and negatives ask REC's: one pool
+# (_GROUNDING_Q), so the wording says nothing of the answer. When "Is there ...?" was asked of absent
+# phrases only, the model declined on the wording (41 of 41 such test questions, 57 of 67 others).
+_PRESENCE_Q = (
     "Is there {a_phrase} in the image?",
     "Can you find {a_phrase} in this picture?",
-    "Where is the {phrase}?",
-    "Locate the {phrase}.",
     "Does the image contain {a_phrase}?",
     "Find the {phrase} in the image.",
-    "Give the bounding box of the {phrase}.",
     "Is {a_phrase} visible here?",
     "Show me the {phrase}.",
     "Point out the {phrase}, if there is one.",
@@ -411,25 +411,20 @@ _NEGATIVE_Q = (
     "Is there any {phrase} in the photo?",
     "Where can I find the {phrase} in this image?",
     "Can you locate {a_phrase}?",
-    "Mark the {phrase} with a box.",
     "Detect {a_phrase} in the picture.",
-    "What are the coordinates of the {phrase}?",
     "Is {a_phrase} present in the scene?",
-    "Which region contains the {phrase}?",
     "Does this picture show {a_phrase}?",
     "Find {a_phrase} and give its position.",
     "Is there something like {a_phrase} here?",
     "Please locate the {phrase} in the image.",
     "Can you spot {a_phrase}?",
     "Tell me where the {phrase} is.",
-    "Identify the position of the {phrase}.",
     "Look for {a_phrase} in this image.",
     "Is {a_phrase} anywhere in the picture?",
-    "Ground this expression: {phrase}.",
     "Highlight the {phrase}.",
-    "Where exactly is the {phrase}?",
     "Is the image showing {a_phrase} anywhere?",
 )
+_GROUNDING_Q = _REC_Q + tuple(q for q in _PRESENCE_Q if q not in _REC_Q)
 _NEGATIVE_A = (
     "No, there is no {phrase} in the image.",
     "There is no {phrase} in this image.",
@@ -521,13 +516,13 @@ TEMPLATES: dict[str, TaskTemplates] = {
     "caption_image": TaskTemplates("caption", 1, _CAPTION_IMAGE_Q, _CAPTION_A),
     "caption_video": TaskTemplates("caption", 1, _CAPTION_VIDEO_Q, _CAPTION_A),
     "caption_audio": TaskTemplates("caption", 1, _CAPTION_AUDIO_Q, _CAPTION_A),
-    "rec": TaskTemplates("rec", 2, _REC_Q, _REC_A),
+    "rec": TaskTemplates("rec", 2, _GROUNDING_Q, _REC_A),
     "reg": TaskTemplates("reg", 2, _REG_Q, _REG_A),
     "grounded_caption": TaskTemplates("grounded_caption", 2, _GROUNDED_CAPTION_Q, _GROUNDED_CAPTION_A),
     "video_grounding": TaskTemplates("video_grounding", 2, _VIDEO_GROUNDING_Q, _TEMPORAL_A),
     "audio_grounding": TaskTemplates("audio_grounding", 2, _AUDIO_GROUNDING_Q, _TEMPORAL_A),
     "sound_localization": TaskTemplates("sound_localization", 2, _SOUND_LOCALIZATION_Q, _SOUND_LOCALIZATION_A),
-    "negative": TaskTemplates("negative", 2, _NEGATIVE_Q, _NEGATIVE_A),
+    "negative": TaskTemplates("negative", 2, _GROUNDING_Q, _NEGATIVE_A),
     "video_event": TaskTemplates("dialogue", 3, _VIDEO_EVENT_Q, _EVENT_A),
     "audio_event": TaskTemplates("dialogue", 3, _AUDIO_EVENT_Q, _EVENT_A),
 }

@@ -22,8 +22,9 @@ Scenes are planned for the wanted kind (same-category distractors first), then e
 expression is checked against these rules; a plan with none is re-drawn.
 
 Tasks per stage: 1 caption (objects named, no boxes); 2 REC with one of the six kinds, REG (box in the
-question, expression in the answer), grounded caption (every object with its box) and "is there a
-...?" negatives (an absent category, or a present one in a colour none of its instances has);
+question, expression in the answer), grounded caption (every object with its box) and negatives
+(a present category in a colour none of its instances has, or an absent one in any expression kind's
+form, asked with REC's questions);
 sound localization (the picture plus a clip of the sound one object in it makes: a bell, an alarm
 clock, a phone or a camera, its category once in the scene); 3 a dialogue of 2..4 of these.
 """
@@ -420,17 +421,49 @@ def grounded_caption(scene: Scene, grounded: bool = True) -> tuple[str, list[Box
     return f"A picture of {bg} with {listed}.", labels
 
 
-def negative_phrase(scene: Scene, rng: np.random.Generator, unseen: bool) -> str:
-    """An absent category, or (hard negative) a present category in a colour none of its instances has."""
+@dataclass
+class Absent:
+    """A phrase that names nothing in the scene: `name` in `colour` (None: any colour) is not there."""
+
+    phrase: str
+    name: str
+    colour: str | None = None
+
+
+def negative_phrase(scene: Scene, rng: np.random.Generator, unseen: bool) -> Absent:
+    """A present category in a colour none of its instances has (hard negative), or an absent category
+    in the form of one of the six expression kinds ("the second guitar from the left"): with bare or
+    coloured categories only, a phrase's form alone told the model to decline (long phrases never
+    were absent), and it learned that instead of looking."""
     present = _by_name(scene)
     if rng.random() < 0.4:
         name = choice(rng, sorted(present))
         used = set().union(*(assets.looks(name, scene.objects[i].colour) for i in present[name]))
         free = [c for c in assets.COLOURS if c not in used and (unseen or (name, c) not in HELD_OUT.colour_pairs)]
         if free:
-            return f"{choice(rng, free)} {name}"
+            colour = choice(rng, free)
+            return Absent(f"{colour} {name}", name, colour)
     excluded = set(present) | set(assets.BACKGROUND_BY_FILE[scene.background["file"]].contains)
-    return choice(rng, [o.name for o in assets.OBJECTS if o.name not in excluded])
+    name = choice(rng, [o.name for o in assets.OBJECTS if o.name not in excluded])
+    kind = weighted(rng, {k: TASK_WEIGHTS[k] for k in REC_KINDS})
+    if kind == "colour":
+        colour = choice(rng, [c for c in assets.COLOURS if unseen or (name, c) not in HELD_OUT.colour_pairs])
+        return Absent(f"{colour} {name}", name, colour)
+    if kind == "size":
+        return Absent(f"{choice(rng, ('big', 'small'))} {name}", name)
+    if kind == "position":
+        return Absent(f"{name} at the {CELL_NAMES[choice(rng, sorted(CELL_NAMES))]}", name)
+    if kind == "ordinal":
+        side, rank = choice(rng, sorted(EXTREMES)), int(rng.integers(3))
+        return Absent(f"{EXTREMES[side]} {name}" if rank == 0 else f"{ORDINALS[rank]} {name} from the {side}", name)
+    anchors = [ids[0] for n, ids in present.items() if len(ids) == 1]  # as in relation_expressions
+    if kind == "relation" and not unseen:  # the held-out relation objects appear in split "unseen" only
+        anchors = [] if name in HELD_OUT.relation_objects else [
+            i for i in anchors if scene.objects[i].name not in HELD_OUT.relation_objects]
+    if kind == "relation" and anchors:
+        anchor = scene.objects[choice(rng, anchors)]
+        return Absent(f"{name} {choice(rng, RELATIONS)} the {anchor.description}", name)
+    return Absent(name, name)
 
 
 def _pick_expression(rng: np.random.Generator, scene: Scene, kind: str, unseen: bool) -> Expression | None:
@@ -458,7 +491,7 @@ def _dialogue(
         elif move == "grounded_caption" and all(t != "grounded_caption" for t, _ in turns):
             turns.append(("grounded_caption", {"caption": grounded_caption(scene)[0]}))
         else:
-            turns.append(("negative", {"phrase": negative_phrase(scene, rng, False)}))
+            turns.append(("negative", {"phrase": negative_phrase(scene, rng, False).phrase}))
     return turns, used
 
 
@@ -521,9 +554,9 @@ def make_image_sample(rng: np.random.Generator, sample_id: str, out_dir: Path, c
         meta["target"] = target
         schema_task = "sound_localization"
     elif task == "negative":
-        phrase = negative_phrase(scene, rng, unseen)
-        pairs = [instruct.render("negative", trng, phrase=phrase)]
-        meta["absent"] = phrase
+        absent = negative_phrase(scene, rng, unseen)
+        pairs = [instruct.render("negative", trng, phrase=absent.phrase)]
+        meta["absent"], meta["absent_object"] = absent.phrase, {"name": absent.name, "colour": absent.colour}
         schema_task = "negative"
     else:
         turns, used = _dialogue(rng, scene, expr)
