@@ -201,6 +201,33 @@ def _area(scene: Scene, i: int) -> int:
     return (x2 - x1) * (y2 - y1)
 
 
+def expression_phrase(
+    kind: str,
+    name: str,
+    *,
+    colour: str | None = None,
+    size: str | None = None,
+    cell: tuple[int, int] | None = None,
+    side: str | None = None,
+    rank: int = 0,
+    relation: str | None = None,
+    anchor_words: str | None = None,
+) -> str:
+    """The words of a `kind` expression for `name`. Expressions and absent phrases (negatives) both write
+    theirs here, so a phrase's form never tells whether it names something."""
+    if kind == "colour":
+        return f"{colour} {name}"
+    if kind == "size":
+        return f"{size} {name}"
+    if kind == "position":
+        return f"{name} at the {CELL_NAMES[cell]}"
+    if kind == "ordinal":
+        return f"{EXTREMES[side]} {name}" if rank == 0 else f"{ORDINALS[rank]} {name} from the {side}"
+    if kind == "relation":
+        return f"{name} {relation} the {anchor_words}"
+    return name
+
+
 def category_expressions(scene: Scene) -> list[Expression]:
     return [Expression("category", n, ids[0], {"name": n}) for n, ids in _by_name(scene).items() if len(ids) == 1]
 
@@ -213,7 +240,7 @@ def colour_expressions(scene: Scene) -> list[Expression]:
         for i in ids:
             c = scene.objects[i].colour  # tinted c, and no other of its kind looks c (tinted or by nature)
             if c and not any(c in assets.looks(n, scene.objects[j].colour) for j in ids if j != i):
-                out.append(Expression("colour", f"{c} {n}", i, {"name": n, "colour": c}))
+                out.append(Expression("colour", expression_phrase("colour", n, colour=c), i, {"name": n, "colour": c}))
     return out
 
 
@@ -225,9 +252,11 @@ def size_expressions(scene: Scene) -> list[Expression]:
         for i in ids:
             others = [_area(scene, j) for j in ids if j != i]
             if _area(scene, i) >= SIZE_RATIO * max(others):
-                out.append(Expression("size", f"big {n}", i, {"name": n, "size": "big"}))
+                out.append(Expression("size", expression_phrase("size", n, size="big"), i, {"name": n, "size": "big"}))
             elif _area(scene, i) * SIZE_RATIO <= min(others):
-                out.append(Expression("size", f"small {n}", i, {"name": n, "size": "small"}))
+                out.append(
+                    Expression("size", expression_phrase("size", n, size="small"), i, {"name": n, "size": "small"})
+                )
     return out
 
 
@@ -247,7 +276,8 @@ def position_expressions(scene: Scene) -> list[Expression]:
             cell = grid_cell(*scene.centre(i))
             if near_grid_line(*scene.centre(i)) or any(grid_cell(*scene.centre(j)) == cell for j in ids if j != i):
                 continue
-            out.append(Expression("position", f"{n} at the {CELL_NAMES[cell]}", i, {"name": n, "cell": list(cell)}))
+            phrase = expression_phrase("position", n, cell=cell)
+            out.append(Expression("position", phrase, i, {"name": n, "cell": list(cell)}))
     return out
 
 
@@ -262,7 +292,7 @@ def ordinal_expressions(scene: Scene) -> list[Expression]:
             if min(abs(a - b) for a, b in zip(coords, coords[1:])) < ORDINAL_GAP:
                 continue
             for rank, i in enumerate(ranked):
-                phrase = f"{EXTREMES[side]} {n}" if rank == 0 else f"{ORDINALS[rank]} {n} from the {side}"
+                phrase = expression_phrase("ordinal", n, side=side, rank=rank)
                 out.append(Expression("ordinal", phrase, i, {"name": n, "side": side, "rank": rank}))
     return out
 
@@ -292,7 +322,8 @@ def relation_expressions(scene: Scene) -> list[Expression]:
             for rel in RELATIONS:
                 holds = [i for i in ids if relation_holds(scene, i, anchor, rel)]
                 if len(holds) == 1 and all(_clearly_not(scene, j, anchor, rel) for j in ids if j != holds[0]):
-                    phrase = f"{n} {rel} the {scene.objects[anchor].description}"
+                    words = scene.objects[anchor].description
+                    phrase = expression_phrase("relation", n, relation=rel, anchor_words=words)
                     params = {"name": n, "relation": rel, "anchor": anchor_name}
                     out.append(Expression("relation", phrase, holds[0], params))
     return out
@@ -448,21 +479,24 @@ def negative_phrase(scene: Scene, rng: np.random.Generator, unseen: bool) -> Abs
     kind = weighted(rng, {k: TASK_WEIGHTS[k] for k in REC_KINDS})
     if kind == "colour":
         colour = choice(rng, [c for c in assets.COLOURS if unseen or (name, c) not in HELD_OUT.colour_pairs])
-        return Absent(f"{colour} {name}", name, colour)
+        return Absent(expression_phrase("colour", name, colour=colour), name, colour)
     if kind == "size":
-        return Absent(f"{choice(rng, ('big', 'small'))} {name}", name)
+        return Absent(expression_phrase("size", name, size=choice(rng, ("big", "small"))), name)
     if kind == "position":
-        return Absent(f"{name} at the {CELL_NAMES[choice(rng, sorted(CELL_NAMES))]}", name)
+        return Absent(expression_phrase("position", name, cell=choice(rng, sorted(CELL_NAMES))), name)
     if kind == "ordinal":
         side, rank = choice(rng, sorted(EXTREMES)), int(rng.integers(3))
-        return Absent(f"{EXTREMES[side]} {name}" if rank == 0 else f"{ORDINALS[rank]} {name} from the {side}", name)
-    anchors = [ids[0] for n, ids in present.items() if len(ids) == 1]  # as in relation_expressions
-    if kind == "relation" and not unseen:  # the held-out relation objects appear in split "unseen" only
-        anchors = [] if name in HELD_OUT.relation_objects else [
-            i for i in anchors if scene.objects[i].name not in HELD_OUT.relation_objects]
-    if kind == "relation" and anchors:
-        anchor = scene.objects[choice(rng, anchors)]
-        return Absent(f"{name} {choice(rng, RELATIONS)} the {anchor.description}", name)
+        return Absent(expression_phrase("ordinal", name, side=side, rank=rank), name)
+    if kind == "relation" and (unseen or name not in HELD_OUT.relation_objects):
+        # one-of-a-kind anchors, as in relation_expressions; held-out relation objects only in split "unseen"
+        anchors = [
+            ids[0] for n, ids in present.items() if len(ids) == 1 and (unseen or n not in HELD_OUT.relation_objects)
+        ]
+        if anchors:
+            words = scene.objects[choice(rng, anchors)].description
+            return Absent(
+                expression_phrase("relation", name, relation=choice(rng, RELATIONS), anchor_words=words), name
+            )
     return Absent(name, name)
 
 
