@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from media_files import write_video, write_wav
-from micro import audio, image, micro_model, turn, video
+from micro import MICRO, audio, image, micro_model, turn, video
 from PIL import Image
 
 from omniground.data.schema import Sample
@@ -303,3 +303,25 @@ def test_a_time_anchored_model_runs_forward_and_backward():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert og.model.video_resampler.queries.grad is not None and og.model.audio_resampler.queries.grad is not None
+
+
+def test_conv_stem_keeps_the_patch_grid_round_trips_and_needs_a_power_of_two_patch(tmp_path):
+    from omniground.model.modeling_omniground import OmniGroundViTConfig, SmallViT
+
+    plain, conv = micro_model(), micro_model(vision={**MICRO["vision"], "conv_stem": True})
+    assert isinstance(plain.model.vision_tower.encoder.patch_embed, torch.nn.Conv2d)
+    stem = conv.model.vision_tower.encoder.patch_embed
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in stem) == 3  # 8 px patches
+    convs, media = BATCHES["image"]
+    inputs, _ = conv.processor.prepare(convs, media, add_generation_prompt=False)
+    conv.model.eval()
+    with torch.no_grad():
+        patches = conv.model.encode_images(inputs["pixel_values"])
+        assert patches.shape == plain.model.encode_images(inputs["pixel_values"]).shape
+    conv.save_pretrained(tmp_path)
+    loaded = OmniGround.from_pretrained(tmp_path)
+    assert loaded.model.config.vision_config.conv_stem is True
+    with torch.no_grad():
+        assert torch.equal(loaded.model.encode_images(inputs["pixel_values"]), patches)
+    with pytest.raises(ValueError, match="power-of-two"):
+        SmallViT(OmniGroundViTConfig(**{**MICRO["vision"], "image_size": 36, "patch_size": 6, "conv_stem": True}))

@@ -165,6 +165,23 @@ def test_stage0_learns_the_dense_labels_saves_frozen_encoders_and_keeps_the_rest
     assert any(p.requires_grad for p in model.language_model.parameters())
 
 
+def test_stage0_trains_a_conv_stem_and_saves_it(tmp_path, synth_data):
+    from omniground.model.api import load
+
+    cfg = _config(tmp_path, synth_data, modalities=["image"])
+    cfg.model.tiny["vision"] = {**cfg.model.tiny["vision"], "conv_stem": True}
+    rows = pretrain_encoders(cfg)["history"]
+    assert np.mean([r["loss"] for r in rows[-5:]]) < 0.7 * np.mean([r["loss"] for r in rows[:5]])
+    model = load(cfg.model_dir).model
+    assert model.config.vision_config.conv_stem is True
+    stem = model.vision_tower.encoder.patch_embed
+    torch.manual_seed(cfg.seed)
+    from omniground.model.factory import build_tiny
+
+    fresh = build_tiny(**cfg.model.tiny).model.vision_tower.encoder.patch_embed
+    assert not torch.equal(stem[0].weight, fresh[0].weight)  # the first conv learned and was saved
+
+
 def test_stage0_through_the_cli_and_its_errors(tmp_path, synth_data):
     from omniground.cli import app
 

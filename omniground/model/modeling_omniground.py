@@ -71,6 +71,7 @@ class OmniGroundViTConfig(PreTrainedConfig):
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     intermediate_size: int = 512
+    conv_stem: bool = False  # patchify with stride-2 3x3 convolutions instead of one linear projection
 
 
 class OmniGroundAudioEncoderConfig(PreTrainedConfig):
@@ -227,7 +228,20 @@ class SmallViT(nn.Module):
     def __init__(self, config: OmniGroundViTConfig):
         super().__init__()
         grid = config.image_size // config.patch_size
-        self.patch_embed = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, config.patch_size)
+        if config.conv_stem:
+            # Early convolutions (Xiao et al. 2021): log2(patch) stride-2 3x3 convs (GroupNorm, GELU), widths
+            # doubling up to the hidden size, then a 1x1; same patch grid. One linear map of 8x8x3 pixels loses
+            # the detail that tells 51 small kinds apart (configs/omniground-tiny/README.md: "Conv stem").
+            n = int(math.log2(config.patch_size))
+            if 2**n != config.patch_size:
+                raise ValueError(f"conv_stem needs a power-of-two patch size, got {config.patch_size}")
+            widths = [config.num_channels] + [config.hidden_size // 2 ** (n - 1 - i) for i in range(n)]
+            convs = []
+            for a, b in zip(widths, widths[1:]):
+                convs += [nn.Conv2d(a, b, 3, 2, 1, bias=False), nn.GroupNorm(math.gcd(8, b), b), nn.GELU()]
+            self.patch_embed = nn.Sequential(*convs, nn.Conv2d(widths[-1], config.hidden_size, 1))
+        else:
+            self.patch_embed = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, config.patch_size)
         self.position_embedding = nn.Parameter(torch.randn(grid * grid, config.hidden_size) * 0.02)
         self.encoder = _transformer(
             config.hidden_size, config.num_attention_heads, config.intermediate_size, config.num_hidden_layers
