@@ -167,6 +167,7 @@ def test_stage0_learns_the_dense_labels_saves_frozen_encoders_and_keeps_the_rest
 
 def test_stage0_trains_a_conv_stem_and_saves_it(tmp_path, synth_data):
     from omniground.model.api import load
+    from omniground.model.factory import build_tiny
 
     cfg = _config(tmp_path, synth_data, modalities=["image"])
     cfg.model.tiny["vision"] = {**cfg.model.tiny["vision"], "conv_stem": True}
@@ -176,8 +177,6 @@ def test_stage0_trains_a_conv_stem_and_saves_it(tmp_path, synth_data):
     assert model.config.vision_config.conv_stem is True
     stem = model.vision_tower.encoder.patch_embed
     torch.manual_seed(cfg.seed)
-    from omniground.model.factory import build_tiny
-
     fresh = build_tiny(**cfg.model.tiny).model.vision_tower.encoder.patch_embed
     assert not torch.equal(stem[0].weight, fresh[0].weight)  # the first conv learned and was saved
 
