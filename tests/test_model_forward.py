@@ -305,10 +305,10 @@ def test_a_time_anchored_model_runs_forward_and_backward():
     assert og.model.video_resampler.queries.grad is not None and og.model.audio_resampler.queries.grad is not None
 
 
-def test_conv_stem_keeps_the_patch_grid_round_trips_and_needs_a_power_of_two_patch(tmp_path):
+def test_conv_stem_keeps_the_patch_grid_round_trips_and_needs_a_power_of_two_patch(og, tmp_path):
     from omniground.model.modeling_omniground import OmniGroundViTConfig, SmallViT
 
-    plain, conv = micro_model(), micro_model(vision={**MICRO["vision"], "conv_stem": True})
+    plain, conv = og, micro_model(vision={**MICRO["vision"], "conv_stem": True})
     assert isinstance(plain.model.vision_tower.encoder.patch_embed, torch.nn.Conv2d)
     stem = conv.model.vision_tower.encoder.patch_embed
     assert sum(isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2) for m in stem) == 3  # 8 px patches
