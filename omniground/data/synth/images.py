@@ -32,6 +32,7 @@ clock, a phone or a camera, its category once in the scene); 3 a dialogue of 2..
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -289,7 +290,7 @@ def ordinal_expressions(scene: Scene) -> list[Expression]:
         for side, axis, reverse in (("left", 0, False), ("right", 0, True), ("top", 1, False), ("bottom", 1, True)):
             ranked = sorted(ids, key=lambda i: scene.centre(i)[axis], reverse=reverse)
             coords = [scene.centre(i)[axis] for i in ranked]
-            if min(abs(a - b) for a, b in zip(coords, coords[1:])) < ORDINAL_GAP:
+            if min(abs(a - b) for a, b in pairwise(coords)) < ORDINAL_GAP:
                 continue
             for rank, i in enumerate(ranked):
                 phrase = expression_phrase("ordinal", n, side=side, rank=rank)
