@@ -152,6 +152,19 @@ def test_stages_chain_and_stage1_adapters_are_saved_and_loaded(tmp_path, data):
     assert (cfg2.model_dir / "model.safetensors").is_file()
 
 
+def test_a_stage_says_when_the_encoders_train_too(tmp_path, data):
+    import io
+
+    from rich.console import Console
+
+    for train_encoders, said in ((True, True), (False, False)):
+        out = io.StringIO()
+        cfg = stage_config(tmp_path / str(train_encoders), data, 1,
+                           {"tiny": {**MICRO_MODEL, "train_encoders": train_encoders}}, max_steps=1)
+        Trainer(cfg, console=Console(file=out, width=200)).train()
+        assert ("encoders train in this stage too" in out.getvalue()) is said
+
+
 def test_resume_equals_uninterrupted(tmp_path, data):
     init = {"tiny": MICRO_MODEL}
     whole = stage_config(tmp_path / "a", data, 2, init, max_steps=4, save_every=2)

@@ -210,6 +210,9 @@ class Trainer:
                 f"{n_train / 1e6:.2f}M trainable params, {acc.num_processes} process(es) on {acc.device}, "
                 f"precision {acc.mixed_precision}"
             )
+            if cfg.stage >= 1 and self.og.model.config.train_encoders:  # right for from-scratch encoders only
+                self.console.print("[yellow]the encoders train in this stage too (train_encoders is on: no stage 0 "
+                                   "froze them)[/]")
         self.model.train()
         micro = cfg.grad_accum
         window_loss, window_steps, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
