@@ -183,24 +183,3 @@ def test_a_region_box_scores_the_pointers_confidence_not_its_forced_tokens():
         same = pairwise_box_iou(boxes[None], boxes[probs.argmax()][None])[0] >= 0.5
         same[probs.argmax()] = True
     assert confidence == pytest.approx(float(probs[same].sum()), rel=1e-4)
-
-
-def test_region_classes_keys_add_the_class_probabilities_and_the_classifier_stays_frozen(tmp_path):
-    og = micro_model(region_boxes=True, region_classes=5)
-    m, rp = og.model, og.model.region_pointer
-    extra = set(m.state_dict()) - set(micro_model(region_boxes=True).model.state_dict())
-    assert extra == {"region_pointer.category.weight", "region_pointer.category.bias", "region_pointer.class_key.weight"}
-    with torch.no_grad():
-        patches = m.vision_tower(batch(og)["pixel_values"])
-        torch.testing.assert_close(rp.keys(patches) - rp.key(patches),
-                                   rp.class_key(rp.category(patches).softmax(-1)), rtol=1e-4, atol=1e-5)
-        assert (rp.keys(patches) - rp.key(patches)).abs().max() > 1e-3  # the class term is there
-    m.config.train_encoders = False
-    m.set_stage(2)
-    assert not any(p.requires_grad for p in rp.category.parameters())  # trained in stage 0, like the regressor
-    m(**batch(og)).loss.backward()
-    assert rp.class_key.weight.grad.abs().sum() > 0 and rp.category.weight.grad is None
-    og.save_pretrained(tmp_path)
-    back = OmniGround.from_pretrained(tmp_path).model
-    with torch.no_grad():
-        torch.testing.assert_close(back.region_pointer.keys(patches), rp.keys(patches))

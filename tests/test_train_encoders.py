@@ -181,25 +181,6 @@ def test_stage0_trains_a_conv_stem_and_saves_it(tmp_path, synth_data):
     assert not torch.equal(stem[0].weight, fresh[0].weight)  # the first conv learned and was saved
 
 
-def test_stage0_trains_the_region_classifier_and_saves_it(tmp_path, synth_data):
-    from omniground.model.api import load
-    from omniground.model.factory import build_tiny
-    from omniground.train.config import TrainConfigError
-    from omniground.train.encoders import OBJECT_NAMES
-
-    cfg = _config(tmp_path, synth_data, modalities=["image"], max_steps=10)
-    cfg.model.tiny.update(region_boxes=True, region_classes=1 + len(OBJECT_NAMES))
-    pretrain_encoders(cfg)
-    saved = load(cfg.model_dir).model.region_pointer
-    torch.manual_seed(cfg.seed)
-    fresh = build_tiny(**cfg.model.tiny).model.region_pointer
-    assert not torch.equal(saved.category.weight, fresh.category.weight)  # the category head is the classifier
-    assert torch.equal(saved.class_key.weight, fresh.class_key.weight)  # the pointer's part trains from stage 1
-    cfg.model.tiny["region_classes"] = 7
-    with pytest.raises(TrainConfigError, match="region_classes must be"):
-        pretrain_encoders(cfg.model_copy(update={"output_dir": tmp_path / "other"}))
-
-
 def test_stage0_through_the_cli_and_its_errors(tmp_path, synth_data):
     from omniground.cli import app
 

@@ -151,9 +151,6 @@ class OmniGroundConfig(PreTrainedConfig):
     # reads off (Groma-style regions): the LM picks a patch instead of writing four coordinates, and the
     # `<loc_k>` tokens it emits are that patch's box. See RegionPointer.
     region_boxes: bool = False
-    # With region_boxes: > 0 keeps a patch classifier over this many kinds (stage 0's category head,
-    # frozen with the box regressor), and the pointer's keys also see its class probabilities. 0: none.
-    region_classes: int = 0
     # A span on a clip is two pointers at its time slots (the time-anchored resampler's output tokens), where
     # it starts and where it ends; the `<loc_k>` tokens written are those slots' times. See SpanPointer.
     span_pointers: bool = False
@@ -625,27 +622,14 @@ class RegionPointer(nn.Module):
     learns to pick one of g*g patches far sooner than to write four coordinates (feasibility.md;
     configs/omniground-tiny/README.md). Training maximises the probability of the patches whose
     regressed box would be right (`region_targets`).
-
-    With `num_classes`, `category` (stage 0's patch classifier, frozen like `box`) names each patch's object
-    kind and the keys add its class probabilities (`class_key`), as a detector's class scores: a phrase's
-    noun is then matched against one clean code instead of being read out of the features each time.
     """
 
-    def __init__(self, vision_dim: int, hidden: int, num_classes: int = 0):
+    def __init__(self, vision_dim: int, hidden: int):
         super().__init__()
         self.box = nn.Sequential(nn.Linear(vision_dim, vision_dim), nn.GELU(), nn.Linear(vision_dim, 4))
         self.key = nn.Sequential(nn.LayerNorm(vision_dim), nn.Linear(vision_dim, hidden))
         self.query = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden))
-        self.category = nn.Linear(vision_dim, num_classes) if num_classes else None
-        self.class_key = nn.Linear(num_classes, hidden, bias=False) if num_classes else None
         self.scale = hidden**-0.5
-
-    def keys(self, patches: torch.Tensor) -> torch.Tensor:
-        """(N, P, Dv) patch features -> (N, P, H) keys the `<|box|>` queries score."""
-        keys = self.key(patches)
-        if self.category is not None:
-            keys = keys + self.class_key(self.category(patches).softmax(-1))
-        return keys
 
     def boxes(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, P, Dv) patch features -> (N, P, 4) boxes, x1 <= x2, y1 <= y2 in [0, 1] of the model's square frame."""
@@ -832,7 +816,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if config.region_boxes:
             if config.num_location_bins <= 0 or config.location_pointer:
                 raise ValueError("region_boxes needs num_location_bins > 0 and no location_pointer")
-            self.region_pointer = RegionPointer(self.vision_tower.hidden_size, hidden, config.region_classes)
+            self.region_pointer = RegionPointer(self.vision_tower.hidden_size, hidden)
         self.span_pointer = None
         if config.span_pointers:
             if config.num_location_bins <= 0 or config.location_pointer or not config.time_anchored_queries:
@@ -1063,7 +1047,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if self.region_pointer is not None and image_patches is not None:
             row = first_item_per_row(input_ids, cfg.image_token_id, cfg.num_image_tokens)
             idx = row.clamp_min(0)
-            regions = (self.region_pointer.keys(image_patches)[idx], self.region_pointer.boxes(image_patches)[idx],
+            regions = (self.region_pointer.key(image_patches)[idx], self.region_pointer.boxes(image_patches)[idx],
                        row >= 0)  # keys (B, P, H), boxes (B, P, 4), has (B,)
         if self.span_pointer is not None:
             clips = self._clip_slots(input_ids, media)
@@ -1188,10 +1172,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if self.config.train_encoders:
             for m in self.encoder_modules():
                 m.requires_grad_(True)
-        elif self.region_pointer is not None:  # its box regressor and classifier belong with the encoders (stage 0)
+        elif self.region_pointer is not None:  # its box regressor belongs with the encoders (stage 0)
             self.region_pointer.box.requires_grad_(False)
-            if self.region_pointer.category is not None:
-                self.region_pointer.category.requires_grad_(False)
         if stage >= 2 and lora is None:
             self.language_model.requires_grad_(True)
             return

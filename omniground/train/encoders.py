@@ -99,12 +99,11 @@ def frame_targets(
 
 
 class ImageHeads(nn.Module):
-    """`box` and `category` may be the model's own (RegionPointer.box / .category): then they are trained
-    here and kept."""
+    """`box` may be the model's own regressor (RegionPointer.box): then it is trained here and kept."""
 
-    def __init__(self, dim: int, box: nn.Module | None = None, category: nn.Module | None = None):
+    def __init__(self, dim: int, box: nn.Module | None = None):
         super().__init__()
-        self.category = category if category is not None else nn.Linear(dim, 1 + len(OBJECT_NAMES))
+        self.category = nn.Linear(dim, 1 + len(OBJECT_NAMES))
         self.colour = nn.Linear(dim, len(COLOUR_NAMES))
         self.box = box if box is not None else nn.Linear(dim, 4)
 
@@ -273,17 +272,10 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
         if "image" in cfg.modalities and isinstance(vit, SmallViT):
             train_set = load_image_set(items, processor, grid)
             if train_set is not None:
-                pointer = model.region_pointer
-                if pointer is not None and pointer.category is not None and \
-                        pointer.category.out_features != 1 + len(OBJECT_NAMES):
-                    from omniground.train.config import TrainConfigError
-
-                    raise TrainConfigError(f"region_classes must be {1 + len(OBJECT_NAMES)} (background + the "
-                                           f"generator's object kinds), not {pointer.category.out_features}")
                 branches["image"] = dict(
                     encoder=vit,
-                    heads=ImageHeads(vit.norm.normalized_shape[0], pointer.box if pointer is not None else None,
-                                     pointer.category if pointer is not None else None),
+                    heads=ImageHeads(vit.norm.normalized_shape[0],
+                                     model.region_pointer.box if model.region_pointer is not None else None),
                     train=train_set,
                     eval=load_image_set(eval_items, processor, grid),
                 )
