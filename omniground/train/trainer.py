@@ -210,7 +210,7 @@ class Trainer:
                 f"{n_train / 1e6:.2f}M trainable params, {acc.num_processes} process(es) on {acc.device}, "
                 f"precision {acc.mixed_precision}"
             )
-            if cfg.stage >= 1 and self.og.model.config.train_encoders:  # right for from-scratch encoders only
+            if self.og.model.config.train_encoders:  # stages 1-3; wanted only for from-scratch encoders
                 self.console.print("[yellow]the encoders train in this stage too (train_encoders is on: no stage 0 "
                                    "froze them)[/]")
         self.model.train()
