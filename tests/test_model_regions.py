@@ -90,7 +90,7 @@ def test_training_loss_adds_the_pointer_loss_of_every_target_box_and_trains_poin
         image_of_row = torch.tensor([0, 1, 1])
         target = (torch.stack([ids[r, p + 1 : p + 5] for r, p in zip(rows, pos)]) - cfg.loc_token_start_id) / (
             cfg.num_location_bins - 1)
-        want = lm_loss + rp.loss(hidden[rows, pos], rp.key(patches)[image_of_row],
+        want = lm_loss + rp.loss(hidden[rows, pos], patches[image_of_row],
                                  rp.boxes(patches)[image_of_row], target)
     torch.testing.assert_close(out.loss, want, rtol=1e-4, atol=1e-4)
     out.loss.backward()
@@ -119,8 +119,8 @@ def test_generation_writes_the_box_of_the_patch_the_pointer_chooses():
         patches = m.vision_tower(inputs["pixel_values"])
         dec = _hidden(m, inputs, patches)[:, -1]
         rp = m.region_pointer
-        boxes, keys = rp.boxes(patches), rp.key(patches)
-        choice = rp.logits(dec, keys).argmax(-1)
+        boxes = rp.boxes(patches)
+        choice = rp.logits(dec, patches).argmax(-1)
     for r in range(2):
         want = [cfg.loc_token_start_id + b for b in box_bins(boxes[r, choice[r]], cfg.num_location_bins)]
         assert out[r].tolist() == want
@@ -177,7 +177,7 @@ def test_a_region_box_scores_the_pointers_confidence_not_its_forced_tokens():
     with torch.no_grad():
         inputs = _prompts_ending_in_a_box(og)
         patches = m.vision_tower(inputs["pixel_values"])
-        probs = m.region_pointer.logits(_hidden(m, inputs, patches)[:1, -1], m.region_pointer.key(patches)[:1])
+        probs = m.region_pointer.logits(_hidden(m, inputs, patches)[:1, -1], patches[:1])
         probs = probs.softmax(-1)[0]
         boxes = m.region_pointer.boxes(patches)[0]
         same = pairwise_box_iou(boxes[None], boxes[probs.argmax()][None])[0] >= 0.5

@@ -637,22 +637,22 @@ class RegionPointer(nn.Module):
         return torch.stack([torch.minimum(x1, x2), torch.minimum(y1, y2), torch.maximum(x1, x2),
                             torch.maximum(y1, y2)], -1)
 
-    def logits(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """hidden (M, H) at `<|box|>` tokens, keys (M, P, H) of their images -> (M, P) patch scores."""
-        return torch.einsum("mh,mph->mp", self.query(hidden), keys) * self.scale
+    def logits(self, hidden: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """hidden (M, H) at `<|box|>` tokens, their images' patch features (M, P, Dv) -> (M, P) patch scores."""
+        return torch.einsum("mh,mph->mp", self.query(hidden), self.key(patches)) * self.scale
 
-    def loss(self, hidden: torch.Tensor, keys: torch.Tensor, boxes: torch.Tensor, target: torch.Tensor):
+    def loss(self, hidden: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor, target: torch.Tensor):
         """Mean -log P(a patch whose box is right) over M boxes; target (M, 4) in [0, 1]."""
-        logits = self.logits(hidden, keys).float()
+        logits = self.logits(hidden, patches).float()
         good = region_targets(boxes.detach().float(), target.float())
         return (logits.logsumexp(1) - logits.masked_fill(~good, float("-inf")).logsumexp(1)).mean()
 
-    def choose(self, hidden: torch.Tensor, keys: torch.Tensor, boxes: torch.Tensor, num_bins: int
+    def choose(self, hidden: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor, num_bins: int
                ) -> tuple[list[int], float]:
-        """hidden (H,) at a `<|box|>`, one image's keys (P, H) and boxes (P, 4) -> the chosen patch's box as
+        """hidden (H,) at a `<|box|>`, one image's patch features (P, Dv) and boxes (P, 4) -> the chosen patch's box as
         four bins, and its confidence: the pointer's probability of the patches whose box agrees with the
         chosen one (IoU >= 0.5; an object spans several), as the forced tokens' own probability is 1."""
-        probs = self.logits(hidden[None], keys[None])[0].float().softmax(-1)
+        probs = self.logits(hidden[None], patches[None])[0].float().softmax(-1)
         choice = probs.argmax()
         same = pairwise_box_iou(boxes[None], boxes[choice][None])[0] >= 0.5
         same[choice] = True  # even a degenerate box agrees with itself
@@ -823,7 +823,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 raise ValueError("span_pointers needs num_location_bins > 0, time_anchored_queries and no "
                                  "location_pointer")
             self.span_pointer = SpanPointer(hidden)
-        self._pointing = None  # the current generate() batch's region keys/boxes, clip slots, tokens to force
+        self._pointing = None  # the current generate() batch's region patches/boxes, clip slots, tokens to force
         self._new_token_hooks: list = []
         self.post_init()
         # Sub-models passed in already built keep the attention implementation the config asks for
@@ -1038,7 +1038,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         With labels (training): the LM loss + each pointer's loss at every `<|box|>` / `<|span|>` whose
         location tokens are targets, on the row's first image / its clip. Without (generation): wherever the
         model is to write a box on an image or a span on a clip, its next tokens are forced to the pointed
-        box / span; what the prefill step saw (patch keys and boxes, clip slots), and the tokens still to
+        box / span; what the prefill step saw (patch features and boxes, clip slots), and the tokens still to
         write, are kept for the decode steps.
         """
         cfg = self.config
@@ -1047,8 +1047,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if self.region_pointer is not None and image_patches is not None:
             row = first_item_per_row(input_ids, cfg.image_token_id, cfg.num_image_tokens)
             idx = row.clamp_min(0)
-            regions = (self.region_pointer.key(image_patches)[idx], self.region_pointer.boxes(image_patches)[idx],
-                       row >= 0)  # keys (B, P, H), boxes (B, P, 4), has (B,)
+            regions = (image_patches[idx], self.region_pointer.boxes(image_patches)[idx],
+                       row >= 0)  # patches (B, P, Dv), boxes (B, P, 4), has (B,)
         if self.span_pointer is not None:
             clips = self._clip_slots(input_ids, media)
         out, hidden, logits = self._decode(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache,
@@ -1058,11 +1058,11 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             loss = self.language_model.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1],
                                                      **kwargs)
             if regions is not None:
-                keys, boxes, has = regions
+                patches, boxes, has = regions
                 rows, pos, target = marked_locations(input_ids, labels, cfg.box_token_id, start, n, 4)
                 rows, pos, target = rows[has[rows]], pos[has[rows]], target[has[rows]]
                 if len(rows):
-                    loss = loss + self.region_pointer.loss(hidden[rows, pos], keys[rows], boxes[rows],
+                    loss = loss + self.region_pointer.loss(hidden[rows, pos], patches[rows], boxes[rows],
                                                            target.to(hidden.dtype))
             if clips is not None:
                 slots, mask = clips
@@ -1111,8 +1111,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 if state["regions"] is not None and state["regions"][2][r]:
                     j = written_since(ids, cfg.box_token_id, start, n, 4)
                     if j is not None:  # about to write coordinate j of a box: choose its patch
-                        keys, boxes, _ = state["regions"]
-                        bins, conf = self.region_pointer.choose(hidden[r, -1 - j], keys[r], boxes[r], n)
+                        patches, boxes, _ = state["regions"]
+                        bins, conf = self.region_pointer.choose(hidden[r, -1 - j], patches[r], boxes[r], n)
                         todo[:] = bins[j:]
                         state["confidences"][r]["box"].append(conf)
                 if not todo and state["clips"] is not None and state["clips"][1][r].any():
