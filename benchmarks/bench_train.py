@@ -5,7 +5,9 @@
 Runs a few optimizer steps of each stage's config (configs/omniground-tiny/stage{0,1,2,3}.yaml) from a
 fresh tiny model (encoders frozen after stage 0, as in the recipe), on the generated data those configs
 name (scripts/make_default_data.sh; stage 0 on 640 images and 200 clips). The first step is a warm-up
-and is not counted. Prints one line per stage (stage 0: per branch, items = images or audio windows).
+and is not counted. Prints one line per stage (stage 0: per branch, items = images or audio windows),
+then the pointer refit (configs/omniground-tiny/pointers.yaml) on the shipped model: how fast it reads
+samples through the frozen model, and how fast each head then fits.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> None:
     from omniground.train import Trainer, load_config
 
     from omniground.train.encoders import pretrain_encoders
+    from omniground.train.pointers import refit_pointers
 
     quiet = Console(quiet=True)
     print(f"torch {torch.__version__}, {args.threads} thread(s), cuda={torch.cuda.is_available()}")
@@ -68,6 +71,19 @@ def main() -> None:
             print(f"stage {stage}: {sps:6.2f} samples/s  ({args.steps} steps x {cfg.batch_size * cfg.grad_accum} "
                   f"samples, {dt / args.steps:.2f} s/step; {n / cpu:.2f} samples per CPU-second, "
                   f"{trainable:.2f}M trainable, {len(trainer.train_set)} samples)")
+    # the pointer refit, on the shipped model: one forward pass over the data, then many cheap head steps
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(stage0.train_data[0].path)
+        data = [{"path": path, "tasks": ["rec"], "limit": 256},
+                {"path": path, "tasks": ["video_grounding", "audio_grounding"], "limit": 128}]
+        cfg = load_config(args.configs / "pointers.yaml", {
+            "output_dir": tmp, "model": {"from_checkpoint": "omniground-tiny"}, "train_data": data, "eval_data": [],
+            "max_steps": 50 * args.steps, "steps": {}, "num_threads": args.threads})
+        s = refit_pointers(cfg, console=quiet)
+        fits = ", ".join(f"{name} {f['steps'] * cfg.batch_size / f['fit_seconds']:.0f} examples/s"
+                         for name, f in s["heads"].items())
+        print(f"pointers: reading {s['samples'] / s['capture_seconds']:6.2f} samples/s through the frozen model "
+              f"({s['samples']} samples); fitting the heads: {fits} ({50 * args.steps} steps x {cfg.batch_size})")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall-clock figures shrink when shared")
 
 

@@ -18,8 +18,8 @@ for f in train extra/train extra2/train test-images/test; do
     [ -f $DATA/$f.jsonl ] || { scripts/make_default_data.sh $DATA; break; }
 done
 
-for stage in 0 1 2 2b 3; do
-    python -m omniground.train configs/omniground-tiny/stage$stage.yaml --resume 2>&1 | tee $RUN.stage$stage.log
+for stage in stage0 stage1 stage2 stage2b stage3 pointers; do  # pointers: the pointer heads refitted on stage 3's model
+    python -m omniground.train configs/omniground-tiny/$stage.yaml --resume 2>&1 | tee $RUN.$stage.log
 done
 
 python - <<'PY'
@@ -36,18 +36,18 @@ PY
 # test-images/test: the bigger image draw (seed 4) for REC, negatives and sound localisation
 for split in test unseen test-images/test; do
     name=${split%/test}  # eval-test, eval-unseen, eval-test-images
-    python -m omniground eval run --data $DATA/$split.jsonl --model $RUN/stage3/model --out $RUN/eval-$name
+    python -m omniground eval run --data $DATA/$split.jsonl --model $RUN/pointers/model --out $RUN/eval-$name
     # REC again with the phrase given as the answer's start (Kosmos-2's protocol; what `omniground ground` does)
-    python -m omniground eval run --data $DATA/$split.jsonl --task rec --model $RUN/stage3/model --answer-start \
+    python -m omniground eval run --data $DATA/$split.jsonl --task rec --model $RUN/pointers/model --answer-start \
         --out $RUN/eval-$name-rec-phrase
 done
 
 DEST=omniground/checkpoints/omniground-tiny
 rm -rf $DEST && mkdir -p $DEST
-cp $RUN/stage3/model/* $DEST/
+cp $RUN/pointers/model/* $DEST/
 {
     echo "commit: $COMMIT"
     echo "data: scripts/make_default_data.sh (train seed 0, extra seed 3, extra2 seed 5, val seed 1, test/unseen seed 2, test-images seed 4)"
-    echo "configs: configs/omniground-tiny/stage{0,1,2,2b,3}.yaml"
+    echo "configs: configs/omniground-tiny/stage{0,1,2,2b,3}.yaml, then configs/omniground-tiny/pointers.yaml"
 } > $DEST/TRAINED_FROM.txt
 echo "installed $DEST"

@@ -21,12 +21,13 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output_dir."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set max_steps=10 (YAML value)."),
 ) -> None:
-    """Train one stage (0 encoder pre-training, 1 alignment, 2 grounding, 3 instruction tuning) as its config says."""
+    """Train one stage (0 encoder pre-training, 1 alignment, 2 grounding, 3 instruction tuning, `pointers` the
+    pointer refit) as its config says."""
     import yaml
 
     from omniground.errors import UserError
     from omniground.media.errors import MediaError
-    from omniground.train.config import EncoderConfig, load_config
+    from omniground.train.config import EncoderConfig, PointerConfig, load_config
 
     try:
         overrides = {}
@@ -40,6 +41,10 @@ def train(
             from omniground.train.encoders import pretrain_encoders
 
             pretrain_encoders(cfg, resume=resume)
+        elif isinstance(cfg, PointerConfig):
+            from omniground.train.pointers import refit_pointers
+
+            refit_pointers(cfg, resume=resume)
         else:
             from omniground.train.trainer import train as run
 

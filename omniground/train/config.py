@@ -130,10 +130,22 @@ class EncoderConfig(StageConfig):
     freeze_after: bool = True  # the saved model's encoders stay frozen in stages 1-3 (train_encoders=False)
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig | EncoderConfig:
+class PointerConfig(StageConfig):
+    """The pointer refit after stage 3 (omniground.train.pointers): the pointer heads alone, many epochs on
+    inputs the frozen model computes once. max_steps counts per head."""
+
+    stage: Literal["pointers"]
+    batch_size: int = Field(default=64, gt=0)  # pointer examples (boxes / spans) per optimizer step
+    capture_batch_size: int = Field(default=32, gt=0)  # samples per forward pass of the frozen model
+    steps: dict[Literal["region", "span"], int] = {}  # a head's own step count instead of max_steps
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None
+                ) -> TrainConfig | EncoderConfig | PointerConfig:
     """Read and validate a stage YAML; `overrides` (dotted keys allowed: `model.tiny`) win over the file.
 
-    `stage: 0` gives an EncoderConfig (encoder pre-training), stages 1-3 a TrainConfig.
+    `stage: 0` gives an EncoderConfig (encoder pre-training), stages 1-3 a TrainConfig, `stage: pointers`
+    a PointerConfig.
     """
     path = Path(path)
     try:
@@ -151,7 +163,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
             node = node.setdefault(p, {})
         node[leaf] = value
     try:
-        return (EncoderConfig if raw.get("stage") == 0 else TrainConfig).model_validate(raw)
+        kind = {0: EncoderConfig, "pointers": PointerConfig}.get(raw.get("stage"), TrainConfig)
+        return kind.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err.get("loc", ()))
