@@ -42,7 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = str(stage0.train_data[0].path)
         data = [{"path": path, "tasks": ["rec"], "limit": 640}, {"path": path, "tasks": ["audio_grounding"], "limit": 200}]
-        cfg = load_config(args.configs / "stage0.yaml", {"output_dir": tmp, "max_steps": args.steps + 1,
+        cfg = load_config(args.configs / "stage0.yaml", {"output_dir": tmp, "max_steps": args.steps + 1, "steps": {},
                                                          "eval_data": [], "train_data": data,
                                                          "num_threads": args.threads})
         history = pretrain_encoders(cfg, console=quiet)["history"]
