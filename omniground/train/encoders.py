@@ -17,7 +17,6 @@ everything else as built) that stage 1 starts from. Run by `omniground train` wi
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -248,13 +247,11 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
 
     from omniground.model.modeling_omniground import SmallAudioEncoder, SmallViT
     from omniground.train.report import plot_stages, write_metrics
-    from omniground.train.trainer import build_start_model
+    from omniground.train.trainer import build_start_model, finished_run
 
     console = console or Console(stderr=True)
-    done = cfg.output_dir / "metrics.json"
-    if resume and done.is_file() and (cfg.model_dir / "config.json").is_file():
-        console.print(f"stage 0 already complete: {cfg.model_dir}")
-        return json.loads(done.read_text())
+    if (finished := finished_run(cfg, resume, console, "stage 0")) is not None:
+        return finished
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)

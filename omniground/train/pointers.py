@@ -14,7 +14,6 @@ restarts rather than resumes.
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -134,13 +133,11 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
     """The refit end to end: read the data through the frozen model, fit each pointer head, save the
     checkpoint, metrics (each head's hit rate before and after, on the training and held-out data) and curve."""
     from omniground.train.report import plot_stages, write_metrics
-    from omniground.train.trainer import build_start_model
+    from omniground.train.trainer import build_start_model, finished_run
 
     console = console or Console(stderr=True)
-    done = cfg.output_dir / "metrics.json"
-    if resume and done.is_file() and (cfg.model_dir / "config.json").is_file():
-        console.print(f"pointer refit already complete: {cfg.model_dir}")
-        return json.loads(done.read_text())
+    if (finished := finished_run(cfg, resume, console, "pointer refit")) is not None:
+        return finished
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -181,7 +178,7 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
     og.save_pretrained(cfg.model_dir)
     summary = {"stage": "pointers", "samples": len(items), "capture_seconds": capture_seconds, "heads": figures,
                "train_seconds": time.time() - t0, "history": history}
-    write_metrics(done, summary)
+    write_metrics(cfg.output_dir / "metrics.json", summary)
     plot_stages(cfg.output_dir / "curve.png", [(f"{h}:", [r for r in history if r["branch"] == h], []) for h in figures],
                 title="pointer refit: each head on the frozen model's inputs")
     console.print(f"pointer refit saved {cfg.model_dir} ({summary['train_seconds']:.0f} s)")

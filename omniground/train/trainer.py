@@ -32,7 +32,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.files import atomic_output
 from omniground.model.api import OmniGround
-from omniground.train.config import ModelInit, TrainConfig
+from omniground.train.config import ModelInit, StageConfig, TrainConfig
 from omniground.train.data import BatchPlan, Collator, SampleDataset, load_sources, shard
 from omniground.train.evaluate import eval_loss, grounding_metrics
 from omniground.train.report import plot_curves, write_metrics
@@ -55,6 +55,16 @@ def build_start_model(init: ModelInit) -> OmniGround:
     from omniground.model.factory import from_backbones
 
     return from_backbones(**init.backbones)  # type: ignore[arg-type]
+
+
+def finished_run(cfg: StageConfig, resume: bool, console: Console, what: str) -> dict[str, Any] | None:
+    """A short stage (0, the pointer refit) restarts rather than resumes: with `resume`, a run that finished
+    (its metrics and model saved) is kept and its metrics returned; otherwise None."""
+    done = cfg.output_dir / "metrics.json"
+    if resume and done.is_file() and (cfg.model_dir / "config.json").is_file():
+        console.print(f"{what} already complete: {cfg.model_dir}")
+        return json.loads(done.read_text())
+    return None
 
 
 def latest_checkpoint(cfg: TrainConfig) -> Path | None:
