@@ -9,7 +9,7 @@ audio 0.61 -> 0.72 (configs/omniground-tiny/README.md). Their inputs (the LM's h
 only the heads train, so the frozen model computes them once, in one pass over the data, and each epoch
 after that costs a fraction of a second. This is the classifier re-training of long-tailed recognition
 (decoupled representation and classifier) applied to the pointers. Like stage 0 it is short, so it
-restarts rather than resumes.
+restarts rather than resumes, and runs in one process (on the GPU where there is one).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str
         task = bar.add_task(what, total=len(data))
         for i in range(0, len(data), batch_size):
             idx = range(i, min(i + batch_size, len(data)))
-            model(**collate([data[j] for j in idx]))
+            model(**collate([data[j] for j in idx]).to(model.device))
             bar.update(task, completed=idx[-1] + 1)
     return {name: tuple(torch.cat(parts) for parts in zip(*calls)) for name, calls in seen.items() if calls}
 
@@ -142,7 +142,7 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     og = build_start_model(cfg.model)
-    model = og.model.requires_grad_(False)
+    model = og.model.requires_grad_(False).to("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
     items = load_sources(cfg.train_data)
     train = capture(og, items, cfg.capture_batch_size, console, "training data")
