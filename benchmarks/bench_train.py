@@ -39,9 +39,10 @@ def main() -> None:
     quiet = Console(quiet=True)
     print(f"torch {torch.__version__}, {args.threads} thread(s), cuda={torch.cuda.is_available()}")
     stage0 = load_config(args.configs / "stage0.yaml")
+    train_path = str(stage0.train_data[0].path)  # the generated training set, for stage 0 and the refit
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(stage0.train_data[0].path)
-        data = [{"path": path, "tasks": ["rec"], "limit": 640}, {"path": path, "tasks": ["audio_grounding"], "limit": 200}]
+        data = [{"path": train_path, "tasks": ["rec"], "limit": 640},
+                {"path": train_path, "tasks": ["audio_grounding"], "limit": 200}]
         cfg = load_config(args.configs / "stage0.yaml", {"output_dir": tmp, "max_steps": args.steps + 1, "steps": {},
                                                          "eval_data": [], "train_data": data,
                                                          "num_threads": args.threads})
@@ -73,9 +74,8 @@ def main() -> None:
                   f"{trainable:.2f}M trainable, {len(trainer.train_set)} samples)")
     # the pointer refit, on the shipped model: one forward pass over the data, then many cheap head steps
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(stage0.train_data[0].path)
-        data = [{"path": path, "tasks": ["rec"], "limit": 256},
-                {"path": path, "tasks": ["video_grounding", "audio_grounding"], "limit": 128}]
+        data = [{"path": train_path, "tasks": ["rec"], "limit": 256},
+                {"path": train_path, "tasks": ["video_grounding", "audio_grounding"], "limit": 128}]
         cfg = load_config(args.configs / "pointers.yaml", {
             "output_dir": tmp, "model": {"from_checkpoint": "omniground-tiny"}, "train_data": data, "eval_data": [],
             "max_steps": 50 * args.steps, "steps": {}, "num_threads": args.threads})

@@ -60,20 +60,18 @@ def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     model = og.model.eval()
-    data = SampleDataset(items, og.processor, cache_media=False)
+    data, collate = SampleDataset(items, og.processor, cache_media=False), Collator(og.processor)
     lengths = data.lengths()  # batches of one kind of media and like lengths: mixed ones pad and encode more
     order = sorted(range(len(items)), key=lambda i: (tuple(m.type for m in items[i].sample.media), int(lengths[i])))
-    data.items = [items[i] for i in order]
-    collate = Collator(og.processor)
     with recording_pointer_inputs(model) as seen, Progress(
         TextColumn(f"pointers: reading {what}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeRemainingColumn(), console=console,
     ) as bar:
         task = bar.add_task(what, total=len(data))
-        for i in range(0, len(data), batch_size):
-            idx = range(i, min(i + batch_size, len(data)))
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
             model(**collate([data[j] for j in idx]).to(model.device))
-            bar.update(task, completed=idx[-1] + 1)
+            bar.update(task, completed=i + len(idx))
     return {name: tuple(torch.cat(parts) for parts in zip(*calls)) for name, calls in seen.items() if calls}
 
 
