@@ -6,7 +6,7 @@ from micro import audio, labelled_batch, micro_model, turn, video
 
 from omniground.model import OmniGround
 from omniground.model.api import load
-from omniground.model.modeling_omniground import merge_media_embeddings, span_bins, span_slots, written_since
+from omniground.model.modeling_omniground import SlotEdges, merge_media_embeddings, span_bins, span_slots, written_since
 
 SPANS = dict(span_pointers=True, time_anchored_queries=True, audio_num_queries=2)  # video 4 slots, audio 2
 CONVS = [turn("<video>\nWhen does it move?", "{0.25,0.75}"),
@@ -158,3 +158,32 @@ def test_config_updates_that_resize_a_part_start_that_part_fresh(tmp_path):
     inputs, _ = finer.processor.prepare([QUESTIONS[1]], [[audio()]], add_generation_prompt=True)
     assert (inputs["input_ids"] == finer.model.config.audio_token_id).sum() == 4  # the prompt has room for them
     assert finer.model(**inputs).logits.isfinite().all()
+
+
+def test_slot_edges_see_each_slots_change_from_its_neighbours_and_start_at_zero():
+    edges = SlotEdges(3)
+    assert not edges.weight.any() and not edges.bias.any()  # a fresh one changes no key
+    with torch.no_grad():
+        torch.nn.init.normal_(edges.weight)
+    flat = torch.ones(1, 6, 3)  # a clip that never changes: only its outer slots differ (from zeros beyond)
+    out = edges(flat)
+    assert out[0, 1:5].abs().max() < 1e-6 and out[0, [0, 5]].abs().min() > 0
+    step = flat.clone()
+    step[:, 3:5] = 2.0  # an event from slot 3 on: slots 2..5 see it, slots 0..1 do not
+    changed = (edges(step) - out).abs().amax(-1)[0]
+    assert changed[:2].max() < 1e-6 and changed[2:].min() > 0
+
+
+def test_a_checkpoint_saved_before_slot_edges_points_as_it_did(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    og = micro_model(**SPANS)
+    og.save_pretrained(tmp_path)
+    weights = next(tmp_path.glob("*.safetensors"))
+    save_file({k: v for k, v in load_file(str(weights)).items() if not k.startswith("span_pointer.edges.")},
+              str(weights), metadata={"format": "pt"})
+    old = load(tmp_path)
+    assert not old.model.span_pointer.edges.weight.any()  # zero, not the LM's random init
+    inputs = _prompts_ending_in_a_span(og)
+    assert torch.equal(old.model.generate(**inputs, max_new_tokens=3, do_sample=False),
+                       og.model.generate(**inputs, max_new_tokens=3, do_sample=False))

@@ -114,3 +114,21 @@ def test_the_refit_through_the_cli_and_its_errors(tmp_path, synth_data, start):
     path.write_text(yaml.safe_dump(cfg))
     r = runner.invoke(app, ["train", str(path)])
     assert r.exit_code == 2 and "nothing to fit" in r.output and "Traceback" not in r.output
+
+
+def test_the_refit_starts_the_heads_afresh_so_where_stage_3_left_them_does_not_matter(tmp_path, synth_data, start):
+    from omniground.model.api import load
+
+    moved = load(start)
+    with torch.no_grad():
+        for head in (moved.model.region_pointer, moved.model.span_pointer):
+            for p in (*head.key.parameters(), *head.query.parameters()):
+                p.add_(torch.randn_like(p))
+    moved.save_pretrained(tmp_path / "moved")
+    runs = []
+    for name, path in (("a", start), ("b", tmp_path / "moved")):
+        cfg = _config(tmp_path / name, synth_data, path, max_steps=5, steps={}, eval_data=[])
+        refit_pointers(cfg)
+        runs.append(load_file(str(next(cfg.model_dir.glob("*.safetensors")))))
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

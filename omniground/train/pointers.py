@@ -76,6 +76,17 @@ def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str
 
 
 @torch.no_grad()
+def reinitialise(head) -> None:
+    """The head's query and key (and the span pointer's slot edges) back to a fresh start; the region
+    pointer's box regressor stays. Why: the refit's result then depends on the frozen model alone, not on
+    where stages 1-3 left the head (as in classifier re-training); fitted afresh or onward, held out alike."""
+    for part in (head.key, head.query, getattr(head, "edges", None)):
+        for m in part.modules() if part is not None else ():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+
+@torch.no_grad()
 def hit_rate(model, name: str, examples: tuple[torch.Tensor, ...]) -> float:
     """The share of boxes (IoU >= 0.5, as Acc@0.5) or spans (as R@1 at IoU 0.5) the head's own choice gets
     right, given what the model feeds it -- the figure the refit moves."""
@@ -158,6 +169,7 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
         sets = {"train": examples, **({"held_out": held[name]} if name in held else {})}
         loss_before = mean_loss(head, examples)
         before = {k: hit_rate(model, name, v) for k, v in sets.items()}
+        reinitialise(head)
         head.requires_grad_(True)
         if name == "region":
             head.box.requires_grad_(False)  # stage 0's box regressor, frozen with the encoders
