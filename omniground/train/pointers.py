@@ -8,7 +8,9 @@ audio 0.61 -> 0.72 (configs/omniground-tiny/README.md). Their inputs (the LM's h
 `<|span|>`, the image's patch features and regressed boxes, the clip's time slots) do not change while
 only the heads train, so the frozen model computes them once, in one pass over the data, and each epoch
 after that costs a fraction of a second. This is the classifier re-training of long-tailed recognition
-(decoupled representation and classifier) applied to the pointers. Like stage 0 it is short, so it
+(decoupled representation and classifier) applied to the pointers, heads started afresh as there. The
+span head also reads clips no earlier stage saw (`extra3`): on the ones stages 1-3 trained on, the frozen
+model's inputs are more telling than on new clips. Like stage 0 it is short, so it
 restarts rather than resumes, and runs in one process (on the GPU where there is one).
 """
 
