@@ -798,8 +798,7 @@ class OmniGroundPreTrainedModel(PreTrainedModel):
             for w in (module.out_x, module.out_y, module.in_x, module.in_y):
                 init.zeros_(w)
         elif isinstance(module, SlotEdges):
-            init.zeros_(module.weight)
-            init.zeros_(module.bias)
+            module.reset_parameters()  # zero, over the Linear's random init above
         if isinstance(module, (TimestampEmbedding, SmallAudioEncoder)):
             for name, value in module.fixed_buffers().items():
                 init.copy_(getattr(module, name), value)

@@ -82,10 +82,10 @@ def reinitialise(head) -> None:
     """The head's query and key (and the span pointer's slot edges) back to a fresh start; the region
     pointer's box regressor stays. Why: the refit's result then depends on the frozen model alone, not on
     where stages 1-3 left the head (as in classifier re-training); fitted afresh or onward, held out alike."""
-    for part in (head.key, head.query, getattr(head, "edges", None)):
-        for m in part.modules() if part is not None else ():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+    parts = [head.key, head.query] + ([head.edges] if hasattr(head, "edges") else [])
+    for m in (m for part in parts for m in part.modules()):
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
 
 
 @torch.no_grad()
