@@ -5,7 +5,9 @@ import torch
 from micro import image, labelled_batch, micro_model, turn
 
 from omniground.model import OmniGround
-from omniground.model.modeling_omniground import box_bins, pairwise_box_iou, region_targets, written_since
+from omniground.grounding.geometry import box_iou
+from omniground.model.modeling_omniground import (RegionPointer, box_bins, pairwise_box_iou, region_targets,
+                                                 written_since)
 
 CONVS = [turn("<image>\nWhere is the cat?", "the cat[0.100,0.200,0.500,0.600]"),
          turn("Say hi.", "hi"),
@@ -120,9 +122,13 @@ def test_generation_writes_the_box_of_the_patch_the_pointer_chooses():
         dec = _hidden(m, inputs, patches)[:, -1]
         rp = m.region_pointer
         boxes = rp.boxes(patches)
-        choice = rp.logits(dec, patches).argmax(-1)
-    for r in range(2):
-        want = [cfg.loc_token_start_id + b for b in box_bins(boxes[r, choice[r]], cfg.num_location_bins)]
+        probs = rp.logits(dec, patches).softmax(-1)
+    for r in range(2):  # the patch box of highest expected IoU with the pointer's answer
+        box, p = boxes[r].tolist(), probs[r].tolist()
+        iou = lambda a, b: box_iou(a, b) if (a[2] - a[0]) * (a[3] - a[1]) > 0 else 0.0  # noqa: E731 (no area: no overlap)
+        expected = [sum(q * iou(box[c], box[k]) for k, q in enumerate(p)) for c in range(len(box))]
+        choice = max(range(len(box)), key=expected.__getitem__)
+        want = [cfg.loc_token_start_id + b for b in box_bins(boxes[r, choice], cfg.num_location_bins)]
         assert out[r].tolist() == want
     assert len({tuple(b) for b in out.tolist()}) == 2  # the two images' boxes differ
     # without a KV cache (every step a full forward) the same tokens come out; one row alone too
@@ -133,6 +139,18 @@ def test_generation_writes_the_box_of_the_patch_the_pointer_chooses():
         alone = m.generate(**single, max_new_tokens=4, do_sample=False)[:, -4:]
     assert nocache.tolist() == out.tolist()
     assert alone[0].tolist() == out[1].tolist()
+
+
+def test_the_written_box_is_the_one_most_of_the_pointers_probability_agrees_with():
+    rp = RegionPointer(vision_dim=4, hidden=4)
+    # one patch alone has the most probability (0.4), far off; three others share one object (0.2 each)
+    rp.logits = lambda hidden, patches: torch.tensor([[0.4, 0.2, 0.2, 0.2]]).log()
+    boxes = torch.tensor([[0.6, 0.6, 0.9, 0.9], [0.1, 0.1, 0.4, 0.4], [0.1, 0.1, 0.42, 0.4], [0.12, 0.1, 0.4, 0.4]])
+    bins, confidence = rp.choose(torch.zeros(4), torch.zeros(4, 4), boxes, 11)
+    # expected IoU: 0.37 for the lone patch's box; 0.574, 0.5625, 0.562 for the three others'
+    assert bins == [1, 1, 4, 4] and confidence == pytest.approx(0.6)
+    rp.logits = lambda hidden, patches: torch.tensor([[0.7, 0.1, 0.1, 0.1]]).log()  # now the lone one wins
+    assert rp.choose(torch.zeros(4), torch.zeros(4, 4), boxes, 11) == ([6, 6, 9, 9], pytest.approx(0.7))
 
 
 def test_the_written_box_is_the_regressed_box_and_survives_save_and_load(tmp_path):
@@ -180,6 +198,8 @@ def test_a_region_box_scores_the_pointers_confidence_not_its_forced_tokens():
         probs = m.region_pointer.logits(_hidden(m, inputs, patches)[:1, -1], patches[:1])
         probs = probs.softmax(-1)[0]
         boxes = m.region_pointer.boxes(patches)[0]
-        same = pairwise_box_iou(boxes[None], boxes[probs.argmax()][None])[0] >= 0.5
-        same[probs.argmax()] = True
+        agree = pairwise_box_iou(boxes[None].expand(len(boxes), -1, -1), boxes)  # (P, P)
+        choice = (agree @ probs).argmax()  # the written box: highest expected IoU
+        same = agree[choice] >= 0.5
+        same[choice] = True
     assert confidence == pytest.approx(float(probs[same].sum()), rel=1e-4)

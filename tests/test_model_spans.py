@@ -6,7 +6,8 @@ from micro import audio, labelled_batch, micro_model, turn, video
 
 from omniground.model import OmniGround
 from omniground.model.api import load
-from omniground.model.modeling_omniground import SlotEdges, merge_media_embeddings, span_bins, span_slots, written_since
+from omniground.model.modeling_omniground import (SlotEdges, SpanPointer, merge_media_embeddings, span_bins, span_slots,
+                                                 written_since)
 
 SPANS = dict(span_pointers=True, time_anchored_queries=True, audio_num_queries=2)  # video 4 slots, audio 2
 CONVS = [turn("<video>\nWhen does it move?", "{0.25,0.75}"),
@@ -110,14 +111,14 @@ def test_generation_writes_the_span_of_the_slots_the_pointer_chooses(tmp_path):
     for r, (tid, nq) in enumerate([(cfg.video_token_id, 4), (cfg.audio_token_id, 2)]):
         slots = media[tid][0]
         p = m.span_pointer.logits(hidden[r][None], slots[None], torch.ones(1, nq, dtype=torch.bool))[0].softmax(-1)
-        # by hand: the pair first <= last of the highest P(first) * P(last)
-        pairs = [(p[0, i] * p[1, j], i, j) for i in range(nq) for j in range(i, nq)]
-        best, i, j = max(pairs)
+        # by hand: of the pairs first <= last, weighted by P(first) * P(last), the one of highest expected IoU
+        pairs = [(float(p[0, i].detach() * p[1, j].detach()), i, j) for i in range(nq) for j in range(i, nq)]
+        iou = lambda a, b, i, j: max(0, min(b, j) - max(a, i) + 1) / (max(b, j) - min(a, i) + 1)  # noqa: E731
+        _, i, j = max((sum(q * iou(a, b, i, j) for q, a, b in pairs), i, j) for _, i, j in pairs)
         chosen.append(span_bins(i, j, nq, n))
         assert out[r].tolist() == [cfg.loc_token_start_id + b for b in chosen[r]]
         # its confidence: the pairs whose span overlaps the chosen one at IoU >= 0.5
-        agree = sum(float(q.detach()) for q, a, b in pairs
-                    if (min(b, j) - max(a, i) + 1) / (max(b, j) - min(a, i) + 1) >= 0.5)
+        agree = sum(q for q, a, b in pairs if iou(a, b, i, j) >= 0.5)
         assert confidences[r] == [pytest.approx(agree, rel=1e-4)] and 0 < agree < 1
     # without a KV cache the same tokens; one row alone too
     with torch.no_grad():
@@ -135,6 +136,18 @@ def test_generation_writes_the_span_of_the_slots_the_pointer_chooses(tmp_path):
     back = OmniGround.from_pretrained(tmp_path)
     for k, v in m.span_pointer.state_dict().items():
         torch.testing.assert_close(back.model.span_pointer.state_dict()[k], v)
+
+
+def test_the_written_span_is_the_one_most_of_the_pointers_probability_agrees_with():
+    sp = SpanPointer(4)
+    # 8 slots, every span ends at the last; it starts at slot 0 (0.3, the most probable pair), 4, 5 or 6
+    first = torch.tensor([0.3, 0, 0, 0, 0.25, 0.25, 0.2, 0])
+    sp.logits = lambda hidden, slots, mask: torch.stack([first, torch.eye(8)[7]])[None].log()
+    bins, confidence = sp.choose(torch.zeros(4), torch.zeros(8, 4), torch.ones(8, dtype=torch.bool), 9)
+    # expected IoU: slots 4-7 0.6875, 5-7 0.683, 0-7 0.569, 6-7 0.55; all four agree with 4-7 at IoU >= 0.5
+    assert bins == span_bins(4, 7, 8, 9) == [4, 8] and confidence == pytest.approx(1.0)
+    first = torch.tensor([0.7, 0, 0, 0, 0.1, 0.1, 0.1, 0])  # now the whole clip wins
+    assert sp.choose(torch.zeros(4), torch.zeros(8, 4), torch.ones(8, dtype=torch.bool), 9)[0] == [0, 8]
 
 
 def test_a_checkpoint_without_span_pointers_gains_fresh_ones_on_load(tmp_path):
