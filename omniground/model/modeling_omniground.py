@@ -618,10 +618,9 @@ class RegionPointer(nn.Module):
     (FCOS-style; trained in stage 0 on the generator's exact labels, frozen with the encoders). From
     the LM's hidden state at a `<|box|>` token, `query` . `key` scores which patch the box names
     (trained from stage 1 on, like the adapters). When generating, the model then writes the patch box
-    most of the pointer's probability agrees with (`agreed_choice`) as its four `<loc_k>` tokens, so answers
-    keep their format. Why: a from-scratch LM
-    learns to pick one of g*g patches far sooner than to write four coordinates (feasibility.md;
-    configs/omniground-tiny/README.md). Training maximises the probability of the patches whose
+    most of the pointer's probability agrees with (`agreed_choice`) as its four `<loc_k>` tokens, so
+    answers keep their format. Why: a from-scratch LM learns to pick one of g*g patches far sooner than
+    to write four coordinates (feasibility.md; configs/omniground-tiny/README.md). Training maximises the probability of the patches whose
     regressed box would be right (`region_targets`).
     """
 
@@ -655,20 +654,20 @@ class RegionPointer(nn.Module):
         the probability of the patches whose box agrees with it (IoU >= 0.5), as the forced tokens' own
         probability is 1."""
         probs = self.logits(hidden[None], patches[None])[0].float().softmax(-1)
-        agree = pairwise_box_iou(boxes[None].float().expand(len(boxes), -1, -1), boxes.float())  # (P, P)
-        choice, confidence = agreed_choice(probs, agree)
+        choice, confidence = agreed_choice(probs, boxes.float())
         return box_bins(boxes[choice], num_bins), confidence
 
 
-def agreed_choice(probs: torch.Tensor, agree: torch.Tensor) -> tuple[int, float]:
-    """Candidates' probabilities (N,) and their pairwise IoU (N, N) -> the candidate of highest expected IoU
-    with the pointer's answer, and the probability of the candidates that agree with it (IoU >= 0.5).
+def agreed_choice(probs: torch.Tensor, boxes: torch.Tensor) -> tuple[int, float]:
+    """Candidate answers' probabilities (N,) and boxes (N, 4) -> the candidate of highest expected IoU with
+    the pointer's answer, and the probability of the candidates that agree with it (IoU >= 0.5).
 
     Why not the most probable candidate: an object covers several patches and a span's edges blur over
     neighbouring slots, so the probability of one answer is spread over near-identical ones; the metric is
     IoU, and the answer that most of the mass agrees with scores better (minimum-Bayes-risk decoding:
-    held-out video R@1 at IoU 0.5 0.745 -> 0.80, REC test 0.764 -> 0.786, configs/omniground-tiny/README.md).
+    held-out video R@1 at IoU 0.5 0.730 -> 0.785, REC 0.772 -> 0.790; configs/omniground-tiny/README.md).
     """
+    agree = pairwise_box_iou(boxes[None].expand(len(boxes), -1, -1), boxes)  # (N, N)
     choice = int((agree @ probs).argmax())
     same = agree[choice] >= 0.5
     same[choice] = True  # even a degenerate box agrees with itself
@@ -717,7 +716,8 @@ class SpanPointer(nn.Module):
     slice [i/Q, (i+1)/Q] of its duration. From the LM's hidden state at a `<|span|>` token, `query` . `key`
     scores every slot as the span's first and as its last slot (two heads); when generating, the model
     writes the pair first <= last of highest expected IoU (`agreed_choice`) as its two `<loc_k>` tokens, so
-    answers keep their format. Trained from stage 1 on, with the adapters (cross-entropy on the target's slots, `span_slots`).
+    answers keep their format. Trained from stage 1 on, with the adapters (cross-entropy on the target's
+    slots, `span_slots`).
     Why: the region pointer's lesson for time -- the from-scratch LM wrote spans no better than the
     middle half of the clip (configs/omniground-tiny/README.md).
 
@@ -762,7 +762,7 @@ class SpanPointer(nn.Module):
         joint = p[0, first] * p[1, last]
         # spans [first, last + 1] as boxes of height 1, whose IoU is the spans'
         spans = torch.stack([first, torch.zeros_like(first), last + 1, torch.ones_like(first)], -1).float()
-        choice, confidence = agreed_choice(joint, pairwise_box_iou(spans[None].expand(len(spans), -1, -1), spans))
+        choice, confidence = agreed_choice(joint, spans)
         return span_bins(int(first[choice]), int(last[choice]), nq, num_bins), confidence
 
 
