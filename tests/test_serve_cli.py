@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,23 @@ def test_ground_image_json_gives_pixels_and_draws_the_box(tmp_path, scripted):
     picture = np.asarray(Image.open(viz).convert("RGB")).reshape(-1, 3).astype(int)
     tab_blue = np.abs(picture - [31, 119, 180]).sum(1) < 30  # the first phrase colour of omniground.viz
     assert tab_blue.sum() > 100
+
+
+def test_ground_min_score_drops_the_boxes_the_pointer_is_unsure_of(monkeypatch):
+    import omniground
+
+    og = omniground.load()  # the shipped model: a box's score is its pointer's confidence
+    monkeypatch.setattr(cli, "_load", lambda model, device: og)
+    ask = ["ground", str(Path(__file__).parents[1] / "examples" / "scene.jpg"), "the lowest pizza", "--json"]
+    out = json.loads(runner.invoke(cli.app, ask).stdout)
+    [box] = out["grounding"]["boxes"]
+    assert 0 < box["score"] < 0.99
+    below = json.loads(runner.invoke(cli.app, [*ask, "--min-score", str(box["score"] - 0.01)]).stdout)
+    assert below["grounding"]["boxes"] == [box]
+    above = json.loads(runner.invoke(cli.app, [*ask, "--min-score", str(box["score"] + 0.01)]).stdout)
+    assert above["grounding"]["boxes"] == [] and above["answer"] == out["answer"]  # the text as written
+    result = runner.invoke(cli.app, ask[:-1] + ["--min-score", "0.99"])
+    assert result.exit_code == 0 and "nothing grounded with score >= 0.99" in result.stdout
 
 
 def test_ground_audio_prints_seconds(tmp_path, scripted):
