@@ -130,13 +130,15 @@ def ground(
 
 
 def _drop_scored_below(answer, min_score: float) -> None:
-    """Drop the answer's boxes and spans scored below `min_score` (with their pixels / seconds); its text stays
+    """Drop the answer's boxes and spans scored below `min_score`, with their pixels / seconds; its text stays
     as the model wrote it."""
-    for items, measured in (("boxes", "boxes_pixels"), ("spans", "spans_seconds")):
-        kept = [i for i, x in enumerate(getattr(answer, items)) if x.score is None or x.score >= min_score]
-        if len(getattr(answer, measured)) == len(getattr(answer, items)):
-            setattr(answer, measured, [getattr(answer, measured)[i] for i in kept])
-        setattr(answer, items, [getattr(answer, items)[i] for i in kept])
+
+    def kept(items: list, measured: list) -> tuple[list, list]:
+        keep = [i for i, x in enumerate(items) if x.score is None or x.score >= min_score]
+        return [items[i] for i in keep], [measured[i] for i in keep] if len(measured) == len(items) else measured
+
+    answer.boxes, answer.boxes_pixels = kept(answer.boxes, answer.boxes_pixels)
+    answer.spans, answer.spans_seconds = kept(answer.spans, answer.spans_seconds)
 
 
 def _save_viz(out: Path, kind: str, item, answer, title: str) -> None:
