@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_train import MICRO_MODEL
 from typer.testing import CliRunner
 
@@ -125,10 +125,17 @@ def test_the_refit_starts_the_heads_afresh_so_where_stage_3_left_them_does_not_m
             for p in (*head.key.parameters(), *head.query.parameters()):
                 p.add_(torch.randn_like(p))
     moved.save_pretrained(tmp_path / "moved")
+    # and a checkpoint saved before slot edges: loading draws their weights at random, moving the random state
+    older = tmp_path / "older"
+    load(start).save_pretrained(older)
+    weights = next(older.glob("*.safetensors"))
+    save_file({k: v for k, v in load_file(str(weights)).items() if ".edges." not in k}, str(weights),
+              metadata={"format": "pt"})
     runs = []
-    for name, path in (("a", start), ("b", tmp_path / "moved")):
+    for name, path in (("a", start), ("b", tmp_path / "moved"), ("c", older)):
         cfg = _config(tmp_path / name, synth_data, path, max_steps=5, steps={}, eval_data=[])
         refit_pointers(cfg)
         runs.append(load_file(str(next(cfg.model_dir.glob("*.safetensors")))))
-    assert runs[0].keys() == runs[1].keys()
-    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    for other in runs[1:]:
+        assert runs[0].keys() == other.keys()
+        assert all(torch.equal(runs[0][k], other[k]) for k in runs[0])

@@ -171,6 +171,7 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
         sets = {"train": examples, **({"held_out": held[name]} if name in held else {})}
         loss_before = mean_loss(head, examples)
         before = {k: hit_rate(model, name, v) for k, v in sets.items()}
+        torch.manual_seed(cfg.seed)  # the fresh start: not what loading drew for weights a checkpoint lacked
         reinitialise(head)
         head.requires_grad_(True)
         if name == "region":
