@@ -203,3 +203,32 @@ def test_a_region_box_scores_the_pointers_confidence_not_its_forced_tokens():
         same = agree[choice] >= 0.5
         same[choice] = True
     assert confidence == pytest.approx(float(probs[same].sum()), rel=1e-4)
+
+
+def test_presence_weighs_nothing_here_beside_the_patches_and_keeps_the_box_chosen():
+    with pytest.raises(ValueError, match="region_presence needs region_boxes"):
+        micro_model(region_presence=True)
+    og = micro_model(region_boxes=True, region_presence=True)
+    assert set(og.model.region_pointer.absent.state_dict()) == {"weight", "bias"}
+    torch.manual_seed(0)
+    rp = RegionPointer(vision_dim=4, hidden=4, presence=True).requires_grad_(False)
+    hidden, patches = torch.randn(2, 4), torch.randn(2, 4, 4)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0]])
+    boxes = boxes.expand(2, -1, -1)
+    logits = rp.logits(hidden, patches)
+    assert logits.shape == (2, 5)
+    # target all -1: the phrase names nothing, so the right answer is the last candidate, "nothing here"
+    target = torch.tensor([[0.0, 0.0, 0.5, 0.5], [-1.0, -1.0, -1.0, -1.0]])
+    lp = logits.log_softmax(-1)
+    assert float(rp.loss(hidden, patches, boxes, target)) == pytest.approx(float(-(lp[0, 0] + lp[1, 4]) / 2), rel=1e-5)
+    # the written box is the one the patches alone choose; its confidence leaves "nothing here" its share
+    plain = RegionPointer(vision_dim=4, hidden=4).requires_grad_(False)
+    plain.load_state_dict({k: v for k, v in rp.state_dict().items() if not k.startswith("absent.")})
+    rp.absent.weight.zero_()
+    rp.absent.bias.fill_(5.0)
+    spread = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0]])
+    (bins, conf), (plain_bins, plain_conf) = (h.choose(hidden[0], patches[0], spread, 11) for h in (rp, plain))
+    assert bins == plain_bins
+    patch_logits = plain.logits(hidden[:1], patches[:1])[0]
+    share = float(patch_logits.exp().sum() / (patch_logits.exp().sum() + torch.tensor(5.0).exp()))
+    assert conf == pytest.approx(plain_conf * share, rel=1e-5) and conf < plain_conf

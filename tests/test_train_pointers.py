@@ -15,9 +15,9 @@ from omniground.data.synth.build import run as synth
 from omniground.data.synth.config import SynthConfig
 from omniground.model.factory import build_tiny
 from omniground.train import load_config
-from omniground.train.config import DataSource, PointerConfig
+from omniground.train.config import DataSource, PointerConfig, TrainConfigError
 from omniground.train.data import Collator, SampleDataset, load_sources
-from omniground.train.pointers import recording_pointer_inputs, refit_pointers
+from omniground.train.pointers import absent_as_rec, recording_pointer_inputs, refit_pointers
 
 POINTERS = dict(MICRO_MODEL, region_boxes=True, span_pointers=True, time_anchored_queries=True)
 TASKS = ["rec", "grounded_caption", "video_grounding", "audio_grounding"]
@@ -108,12 +108,20 @@ def test_the_refit_through_the_cli_and_its_errors(tmp_path, synth_data, start):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train", str(path), "--resume"])
     assert r.exit_code == 0 and "already complete" in r.output
-    # data with nothing to point at: one line, exit 2
-    cfg["train_data"] = [{"path": str(synth_data / "train.jsonl"), "tasks": ["negative"]}]  # answers without a box
+    # data with nothing to point at (spans, for a model without span pointers): one line, exit 2
+    build_tiny(**dict(POINTERS, span_pointers=False)).save_pretrained(tmp_path / "boxes-only")
+    cfg["model"] = {"from_checkpoint": str(tmp_path / "boxes-only")}
+    cfg["train_data"] = [{"path": str(synth_data / "train.jsonl"), "tasks": ["video_grounding", "audio_grounding"]}]
     cfg["eval_data"] = []
     path.write_text(yaml.safe_dump(cfg))
     r = runner.invoke(app, ["train", str(path)])
     assert r.exit_code == 2 and "nothing to fit" in r.output and "Traceback" not in r.output
+    # phrases the image lacks, for a region pointer without presence: one line, exit 2
+    cfg["model"] = {"from_checkpoint": str(start)}
+    cfg["train_data"] = [{"path": str(synth_data / "train.jsonl"), "tasks": ["rec", "negative"]}]
+    path.write_text(yaml.safe_dump(cfg))
+    r = runner.invoke(app, ["train", str(path)])
+    assert r.exit_code == 2 and "region_presence" in r.output and "Traceback" not in r.output
 
 
 def test_the_refit_starts_the_heads_afresh_so_where_stage_3_left_them_does_not_matter(tmp_path, synth_data, start):
@@ -139,3 +147,48 @@ def test_the_refit_starts_the_heads_afresh_so_where_stage_3_left_them_does_not_m
     for other in runs[1:]:
         assert runs[0].keys() == other.keys()
         assert all(torch.equal(runs[0][k], other[k]) for k in runs[0])
+
+
+def test_negatives_are_read_as_rec_answers_worded_like_the_rec_samples(synth_data):
+    items = load_sources([DataSource(path=synth_data / "train.jsonl", tasks=["rec", "negative"])])
+    rec = [i for i in items if i.sample.task == "rec"]
+    negatives = [i for i in items if i.sample.task == "negative"]
+    assert rec and negatives
+    read = absent_as_rec(negatives, rec)
+    assert len(read) == len(negatives)
+    for j, (neg, out) in enumerate(zip(negatives, read)):
+        absent, like = neg.sample.meta["absent"], rec[j % len(rec)].sample
+        assert out.sample.media == neg.sample.media and out.root == neg.root
+        assert out.sample.boxes[0].phrase == absent and out.sample.task == "rec"
+        question, answer = (t.content for t in out.sample.conversation)
+        assert question == like.conversation[0].content.replace(like.boxes[0].phrase, absent)
+        assert "[0.000,0.000,1.000,1.000]" in answer and answer.count("[") == 1
+    with pytest.raises(TrainConfigError, match="REC samples"):
+        absent_as_rec(negatives, [])
+    bare = type(negatives[0])(negatives[0].sample.model_copy(update={"meta": {}}), negatives[0].root)
+    with pytest.raises(TrainConfigError, match="meta.absent"):
+        absent_as_rec([bare], rec)
+
+
+def test_the_refit_learns_nothing_here_from_phrases_the_image_lacks(tmp_path, synth_data, start):
+    from omniground.model.api import load
+
+    # every patch regresses one box, so a box's score is all the patches' probability: 1 - P(nothing here)
+    og = load(start)
+    with torch.no_grad():
+        og.model.region_pointer.box[-1].weight.zero_()
+        og.model.region_pointer.box[-1].bias.copy_(torch.logit(torch.tensor([0.2, 0.2, 0.8, 0.8])))
+    og.save_pretrained(tmp_path / "one-box")
+    with_negatives = [{"path": synth_data / "train.jsonl", "tasks": ["rec", "negative"]}]
+    cfg = _config(tmp_path, synth_data, start, max_steps=150, steps={}, train_data=with_negatives, eval_data=[],
+                  model={"from_checkpoint": str(tmp_path / "one-box"), "config_updates": {"region_presence": True}})
+    summary = refit_pointers(cfg)
+    region = summary["heads"]["region"]
+    negatives = sum(1 for i in load_sources([DataSource(**with_negatives[0])]) if i.sample.task == "negative")
+    boxes = sum(len(i.sample.boxes) for i in load_sources([DataSource(path=synth_data / "train.jsonl", tasks=["rec"])]))
+    assert region["examples"] == boxes + negatives
+    declined = region["absent_declined"]
+    assert declined["before"]["train"] < 0.5 and declined["after"]["train"] == 1.0
+    assert region["loss"]["after"] < 0.5 * region["loss"]["before"]  # present phrases keep their patches
+    back = load(cfg.model_dir).model
+    assert back.config.region_presence and back.region_pointer.absent is not None

@@ -151,6 +151,9 @@ class OmniGroundConfig(PreTrainedConfig):
     # reads off (Groma-style regions): the LM picks a patch instead of writing four coordinates, and the
     # `<loc_k>` tokens it emits are that patch's box. See RegionPointer.
     region_boxes: bool = False
+    # The region pointer also weighs "nothing here" beside the patches (fitted in the pointer refit on
+    # phrases the image lacks): a box's score is then the probability that it is there at all and right.
+    region_presence: bool = False
     # A span on a clip is two pointers at its time slots (the time-anchored resampler's output tokens), where
     # it starts and where it ends; the `<loc_k>` tokens written are those slots' times. See SpanPointer.
     span_pointers: bool = False
@@ -622,14 +625,21 @@ class RegionPointer(nn.Module):
     answers keep their format. Why: a from-scratch LM learns to pick one of g*g patches far sooner than
     to write four coordinates (feasibility.md; configs/omniground-tiny/README.md). Training maximises the probability of the patches whose
     regressed box would be right (`region_targets`).
+
+    With `region_presence`, one more candidate shares the softmax: "nothing here" (`absent`, scored from
+    the query alone). Fitted in the pointer refit on phrases the image lacks, it takes their probability,
+    so the box written for such a phrase gets a low confidence -- the pointer's raw scores tell an absent
+    phrase better than the LM's text does (configs/omniground-tiny/README.md).
     """
 
-    def __init__(self, vision_dim: int, hidden: int):
+    def __init__(self, vision_dim: int, hidden: int, presence: bool = False):
         super().__init__()
         self.box = nn.Sequential(nn.Linear(vision_dim, vision_dim), nn.GELU(), nn.Linear(vision_dim, 4))
         self.key = nn.Sequential(nn.LayerNorm(vision_dim), nn.Linear(vision_dim, hidden))
         self.query = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, hidden))
         self.scale = hidden**-0.5
+        # `region_presence`: the score of "nothing here", one more candidate in the same softmax
+        self.absent = nn.Linear(hidden, 1) if presence else None
 
     def boxes(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, P, Dv) patch features -> (N, P, 4) boxes, x1 <= x2, y1 <= y2 in [0, 1] of the model's square frame."""
@@ -638,13 +648,20 @@ class RegionPointer(nn.Module):
                             torch.maximum(y1, y2)], -1)
 
     def logits(self, hidden: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """hidden (M, H) at `<|box|>` tokens, their images' patch features (M, P, Dv) -> (M, P) patch scores."""
-        return torch.einsum("mh,mph->mp", self.query(hidden), self.key(patches)) * self.scale
+        """hidden (M, H) at `<|box|>` tokens, their images' patch features (M, P, Dv) -> (M, P) patch scores;
+        with presence (M, P + 1), the last for "nothing here"."""
+        query = self.query(hidden)
+        scores = torch.einsum("mh,mph->mp", query, self.key(patches)) * self.scale
+        return scores if self.absent is None else torch.cat([scores, self.absent(query)], 1)
 
     def loss(self, hidden: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor, target: torch.Tensor):
-        """Mean -log P(a patch whose box is right) over M boxes; target (M, 4) in [0, 1]."""
+        """Mean -log P(a patch whose box is right) over M boxes; target (M, 4) in [0, 1]. With presence, a
+        target of all -1 is a phrase the image lacks: its right answer is "nothing here"."""
         logits = self.logits(hidden, patches).float()
         good = region_targets(boxes.detach().float(), target.float())
+        if self.absent is not None:
+            absent = (target < 0).all(1, keepdim=True)
+            good = torch.cat([good & ~absent, absent], 1)
         return (logits.logsumexp(1) - logits.masked_fill(~good, float("-inf")).logsumexp(1)).mean()
 
     def choose(self, hidden: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor, num_bins: int
@@ -652,9 +669,10 @@ class RegionPointer(nn.Module):
         """hidden (H,) at a `<|box|>`, one image's patch features (P, Dv) and boxes (P, 4) -> the box of highest
         expected IoU under the pointer's probabilities (`agreed_choice`) as four bins, and its confidence:
         the probability of the patches whose box agrees with it (IoU >= 0.5), as the forced tokens' own
-        probability is 1."""
+        probability is 1. With presence, "nothing here" keeps its share: a phrase the image lacks gets a
+        box of low confidence."""
         probs = self.logits(hidden[None], patches[None])[0].float().softmax(-1)
-        choice, confidence = agreed_choice(probs, boxes.float())
+        choice, confidence = agreed_choice(probs[: len(boxes)], boxes.float())
         return box_bins(boxes[choice], num_bins), confidence
 
 
@@ -858,7 +876,9 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if config.region_boxes:
             if config.num_location_bins <= 0 or config.location_pointer:
                 raise ValueError("region_boxes needs num_location_bins > 0 and no location_pointer")
-            self.region_pointer = RegionPointer(self.vision_tower.hidden_size, hidden)
+            self.region_pointer = RegionPointer(self.vision_tower.hidden_size, hidden, config.region_presence)
+        if config.region_presence and self.region_pointer is None:
+            raise ValueError("region_presence needs region_boxes (it is the region pointer's 'nothing here')")
         self.span_pointer = None
         if config.span_pointers:
             if config.num_location_bins <= 0 or config.location_pointer or not config.time_anchored_queries:

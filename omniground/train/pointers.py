@@ -16,6 +16,7 @@ restarts rather than resumes, and runs in one process (on the GPU where there is
 
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -26,7 +27,8 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.grounding.geometry import box_iou, span_iou
 from omniground.train.config import PointerConfig, TrainConfigError
-from omniground.train.data import Collator, SampleDataset, load_sources
+from omniground.data.schema import Sample
+from omniground.train.data import Collator, SampleDataset, TrainItem, load_sources
 
 HEADS = ("region", "span")
 
@@ -77,12 +79,38 @@ def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str
     return {name: tuple(torch.cat(parts) for parts in zip(*calls)) for name, calls in seen.items() if calls}
 
 
+def absent_as_rec(negatives: list[TrainItem], rec: list[TrainItem]) -> list[TrainItem]:
+    """Negative samples (an image and a phrase it lacks, `meta.absent`) -> REC samples that point at that
+    phrase, worded as the REC samples are (the j-th borrows the (j mod n)-th REC sample's question and
+    answer with the phrase swapped in; the box written is a placeholder). Why borrowed: with a wording of
+    their own the presence head could tell absent phrases by how they are asked, not by the image."""
+    if not rec:
+        raise TrainConfigError("the pointer refit reads negatives (phrases an image lacks) as REC answers: "
+                               "it needs REC samples in its training data too")
+    out = []
+    for j, item in enumerate(negatives):
+        absent, like = item.sample.meta.get("absent"), rec[j % len(rec)].sample
+        if not absent:
+            raise TrainConfigError(f"negative sample {item.sample.id} has no meta.absent: which phrase is absent?")
+        phrase = like.boxes[0].phrase
+        turns = [{"role": t.role, "content": t.content.replace(phrase, absent)} for t in like.conversation]
+        for t in turns:
+            if t["role"] == "assistant":
+                t["content"] = re.sub(r"\[[\d.,\s]+\]", "[0.000,0.000,1.000,1.000]", t["content"])
+        sample = Sample.model_validate({**like.model_dump(), "id": item.sample.id, "conversation": turns,
+                                        "media": [m.model_dump() for m in item.sample.media], "meta": {},
+                                        "boxes": [{"phrase": absent, "box": [0.0, 0.0, 1.0, 1.0]}]})
+        out.append(TrainItem(sample, item.root))
+    return out
+
+
 @torch.no_grad()
 def reinitialise(head) -> None:
-    """The head's query and key (and the span pointer's slot edges) back to a fresh start; the region
-    pointer's box regressor stays. Why: the refit's result then depends on the frozen model alone, not on
+    """The head's query and key (and the span pointer's slot edges, the region pointer's presence) back to
+    a fresh start; the region pointer's box regressor stays. Why: the refit's result then depends on the frozen model alone, not on
     where stages 1-3 left the head (as in classifier re-training); fitted afresh or onward, held out alike."""
-    parts = [head.key, head.query] + ([head.edges] if hasattr(head, "edges") else [])
+    extra = (getattr(head, "edges", None), getattr(head, "absent", None))
+    parts = [head.key, head.query] + [m for m in extra if m is not None]
     for m in (m for part in parts for m in part.modules()):
         if hasattr(m, "reset_parameters"):
             m.reset_parameters()
@@ -91,15 +119,49 @@ def reinitialise(head) -> None:
 @torch.no_grad()
 def hit_rate(model, name: str, examples: tuple[torch.Tensor, ...]) -> float:
     """The share of boxes (IoU >= 0.5, as Acc@0.5) or spans (as R@1 at IoU 0.5) the head's own choice gets
-    right, given what the model feeds it -- the figure the refit moves."""
+    right, given what the model feeds it -- the figure the refit moves. Absent phrases: see `declined`."""
     head, bins = getattr(model, f"{name}_pointer"), model.config.num_location_bins
     hidden, media, extra, target = examples
     iou = box_iou if name == "region" else span_iou
+    present = [i for i in range(len(hidden)) if bool((target[i] >= 0).any())]
     hits = 0
-    for i in range(len(hidden)):
+    for i in present:
         chosen, _ = head.choose(hidden[i], media[i], extra[i], bins)
         hits += iou([b / (bins - 1) for b in chosen], target[i].tolist()) >= 0.5
-    return hits / max(len(hidden), 1)
+    return hits / max(len(present), 1)
+
+
+@torch.no_grad()
+def declined(model, examples: tuple[torch.Tensor, ...]) -> float | None:
+    """Of the phrases the image lacks (target all -1), the share whose box scores below 0.5 (what
+    `omniground ground --min-score 0.5` drops); None without any."""
+    hidden, patches, boxes, target = examples
+    absent = (target < 0).all(1).nonzero().flatten().tolist()
+    if not absent:
+        return None
+    bins = model.config.num_location_bins
+    return sum(model.region_pointer.choose(hidden[i], patches[i], boxes[i], bins)[1] < 0.5 for i in absent) / len(absent)
+
+
+@torch.no_grad()
+def read_pointer_inputs(og, items: list[TrainItem], batch_size: int, console: Console, what: str
+                        ) -> dict[str, tuple[torch.Tensor, ...]]:
+    """`capture`, with negative samples read as REC answers (`absent_as_rec`) whose right answer is
+    "nothing here" (target all -1): what the region pointer's presence learns from."""
+    negatives = [i for i in items if i.sample.task == "negative"]
+    rest = [i for i in items if i.sample.task != "negative"]
+    seen = capture(og, rest, batch_size, console, what) if rest else {}
+    if negatives:
+        head = og.model.region_pointer
+        if head is None or head.absent is None:
+            raise TrainConfigError("negatives in the pointer refit's data teach the region pointer 'nothing here': "
+                                   "the model needs region_presence (model.config_updates: {region_presence: true})")
+        rec = [i for i in rest if i.sample.task == "rec" and i.sample.boxes]
+        hidden, patches, boxes, target = capture(og, absent_as_rec(negatives, rec), batch_size, console,
+                                                 f"{what}, absent phrases")["region"]
+        absent = (hidden, patches, boxes, torch.full_like(target, -1.0))
+        seen["region"] = tuple(torch.cat(pair) for pair in zip(seen["region"], absent)) if "region" in seen else absent
+    return seen
 
 
 @torch.no_grad()
@@ -156,8 +218,8 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
     model = og.model.requires_grad_(False).to("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.time()
     items = load_sources(cfg.train_data)
-    train = capture(og, items, cfg.capture_batch_size, console, "training data")
-    held = capture(og, load_sources(cfg.eval_data), cfg.capture_batch_size, console, "held-out data") \
+    train = read_pointer_inputs(og, items, cfg.capture_batch_size, console, "training data")
+    held = read_pointer_inputs(og, load_sources(cfg.eval_data), cfg.capture_batch_size, console, "held-out data") \
         if cfg.eval_data else {}
     capture_seconds = time.time() - t0
     if not train:
@@ -171,6 +233,8 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
         sets = {"train": examples, **({"held_out": held[name]} if name in held else {})}
         loss_before = mean_loss(head, examples)
         before = {k: hit_rate(model, name, v) for k, v in sets.items()}
+        declined_before = {k: declined(model, v) for k, v in sets.items()} \
+            if name == "region" and head.absent is not None else {}
         torch.manual_seed(cfg.seed)  # the fresh start: not what loading drew for weights a checkpoint lacked
         reinitialise(head)
         head.requires_grad_(True)
@@ -187,6 +251,12 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
                          "before": before, "after": after}
         console.print(f"pointers {name} ({len(examples[0])} examples): "
                       + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in sets))
+        if name == "region" and declined_before:
+            declined_after = {k: declined(model, v) for k, v in sets.items()}
+            figures[name]["absent_declined"] = {"before": declined_before, "after": declined_after}
+            console.print("pointers region, absent phrases scored below 0.5: "
+                          + ", ".join(f"{k} {declined_before[k]:.3f} -> {declined_after[k]:.3f}"
+                                      for k in sets if declined_before[k] is not None))
 
     og.save_pretrained(cfg.model_dir)
     summary = {"stage": "pointers", "samples": len(items), "capture_seconds": capture_seconds, "heads": figures,
