@@ -10,8 +10,9 @@ only the heads train, so the frozen model computes them once, in one pass over t
 after that costs a fraction of a second. This is the classifier re-training of long-tailed recognition
 (decoupled representation and classifier) applied to the pointers, heads started afresh as there. The
 span head also reads clips no earlier stage saw (`extra3`): on the ones stages 1-3 trained on, the frozen
-model's inputs are more telling than on new clips. Like stage 0 it is short, so it
-restarts rather than resumes, and runs in one process (on the GPU where there is one).
+model's inputs are more telling than on new clips. With `region_presence` the region head also learns
+"nothing here" from the negatives' absent phrases, read as REC answers (`absent_as_rec`). Like stage 0
+it is short, so it restarts rather than resumes, and runs in one process (on the GPU where there is one).
 """
 
 from __future__ import annotations
