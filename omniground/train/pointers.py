@@ -26,9 +26,9 @@ import torch
 from rich.console import Console
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from omniground.data.schema import Sample
 from omniground.grounding.geometry import box_iou, span_iou
 from omniground.train.config import PointerConfig, TrainConfigError
-from omniground.data.schema import Sample
 from omniground.train.data import Collator, SampleDataset, TrainItem, load_sources
 
 HEADS = ("region", "span")
@@ -108,8 +108,9 @@ def absent_as_rec(negatives: list[TrainItem], rec: list[TrainItem]) -> list[Trai
 @torch.no_grad()
 def reinitialise(head) -> None:
     """The head's query and key (and the span pointer's slot edges, the region pointer's presence) back to
-    a fresh start; the region pointer's box regressor stays. Why: the refit's result then depends on the frozen model alone, not on
-    where stages 1-3 left the head (as in classifier re-training); fitted afresh or onward, held out alike."""
+    a fresh start; the region pointer's box regressor stays. Why: the refit's result then depends on the
+    frozen model alone, not on where stages 1-3 left the head (as in classifier re-training); fitted afresh
+    or onward, held out alike."""
     extra = (getattr(head, "edges", None), getattr(head, "absent", None))
     parts = [head.key, head.query] + [m for m in extra if m is not None]
     for m in (m for part in parts for m in part.modules()):
@@ -140,8 +141,8 @@ def declined(model, examples: tuple[torch.Tensor, ...]) -> float | None:
     absent = (target < 0).all(1).nonzero().flatten().tolist()
     if not absent:
         return None
-    bins = model.config.num_location_bins
-    return sum(model.region_pointer.choose(hidden[i], patches[i], boxes[i], bins)[1] < 0.5 for i in absent) / len(absent)
+    head, bins = model.region_pointer, model.config.num_location_bins
+    return sum(head.choose(hidden[i], patches[i], boxes[i], bins)[1] < 0.5 for i in absent) / len(absent)
 
 
 @torch.no_grad()
