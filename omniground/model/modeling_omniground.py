@@ -581,6 +581,11 @@ def region_targets(boxes: torch.Tensor, target: torch.Tensor, min_iou: float = 0
     return torch.where(good.any(1, keepdim=True), good, centre)
 
 
+def absent_targets(target: torch.Tensor) -> torch.Tensor:
+    """Pointer targets (M, K) -> (M,) bool: the rows of all -1, phrases the image lacks (`region_presence`)."""
+    return (target < 0).all(-1)
+
+
 def box_bins(box: torch.Tensor, num_bins: int) -> list[int]:
     """A regressed box (4,) in [0, 1] -> its four location bins, ordered and at least one bin wide."""
     x1, y1, x2, y2 = (box.clamp(0, 1) * (num_bins - 1)).round().long().tolist()
@@ -660,7 +665,7 @@ class RegionPointer(nn.Module):
         logits = self.logits(hidden, patches).float()
         good = region_targets(boxes.detach().float(), target.float())
         if self.absent is not None:
-            absent = (target < 0).all(1, keepdim=True)
+            absent = absent_targets(target)[:, None]
             good = torch.cat([good & ~absent, absent], 1)
         return (logits.logsumexp(1) - logits.masked_fill(~good, float("-inf")).logsumexp(1)).mean()
 

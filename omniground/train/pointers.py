@@ -28,6 +28,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.data.schema import Sample
 from omniground.grounding.geometry import box_iou, span_iou
+from omniground.model.modeling_omniground import absent_targets
 from omniground.train.config import PointerConfig, TrainConfigError
 from omniground.train.data import Collator, SampleDataset, TrainItem, load_sources
 
@@ -125,7 +126,7 @@ def hit_rate(model, name: str, examples: tuple[torch.Tensor, ...]) -> float:
     head, bins = getattr(model, f"{name}_pointer"), model.config.num_location_bins
     hidden, media, extra, target = examples
     iou = box_iou if name == "region" else span_iou
-    present = [i for i in range(len(hidden)) if bool((target[i] >= 0).any())]
+    present = (~absent_targets(target)).nonzero().flatten().tolist()
     hits = 0
     for i in present:
         chosen, _ = head.choose(hidden[i], media[i], extra[i], bins)
@@ -138,7 +139,7 @@ def declined(model, examples: tuple[torch.Tensor, ...]) -> float | None:
     """Of the phrases the image lacks (target all -1), the share whose box scores below 0.5 (what
     `omniground ground --min-score 0.5` drops); None without any."""
     hidden, patches, boxes, target = examples
-    absent = (target < 0).all(1).nonzero().flatten().tolist()
+    absent = absent_targets(target).nonzero().flatten().tolist()
     if not absent:
         return None
     head, bins = model.region_pointer, model.config.num_location_bins
