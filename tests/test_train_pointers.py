@@ -180,7 +180,8 @@ def test_the_refit_learns_nothing_here_from_phrases_the_image_lacks(tmp_path, sy
         og.model.region_pointer.box[-1].bias.copy_(torch.logit(torch.tensor([0.2, 0.2, 0.8, 0.8])))
     og.save_pretrained(tmp_path / "one-box")
     with_negatives = [{"path": synth_data / "train.jsonl", "tasks": ["rec", "negative"]}]
-    cfg = _config(tmp_path, synth_data, start, max_steps=150, steps={}, train_data=with_negatives, eval_data=[],
+    rec_only = [{"path": synth_data / "val.jsonl", "tasks": ["rec"]}]  # held out without absent phrases
+    cfg = _config(tmp_path, synth_data, start, max_steps=150, steps={}, train_data=with_negatives, eval_data=rec_only,
                   model={"from_checkpoint": str(tmp_path / "one-box"), "config_updates": {"region_presence": True}})
     summary = refit_pointers(cfg)
     region = summary["heads"]["region"]
@@ -189,6 +190,7 @@ def test_the_refit_learns_nothing_here_from_phrases_the_image_lacks(tmp_path, sy
     assert region["examples"] == boxes + negatives
     declined = region["absent_declined"]
     assert declined["before"]["train"] < 0.5 and declined["after"]["train"] == 1.0
+    assert set(declined["before"]) == set(declined["after"]) == {"train"}  # no share for a set without any
     assert region["loss"]["after"] < 0.5 * region["loss"]["before"]  # present phrases keep their patches
     back = load(cfg.model_dir).model
     assert back.config.region_presence and back.region_pointer.absent is not None

@@ -236,7 +236,8 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
         sets = {"train": examples, **({"held_out": held[name]} if name in held else {})}
         loss_before = mean_loss(head, examples)
         before = {k: hit_rate(model, name, v) for k, v in sets.items()}
-        declined_before = {k: declined(model, v) for k, v in sets.items()} \
+        # only sets that hold absent phrases: one without any has no share to report
+        declined_before = {k: d for k, v in sets.items() if (d := declined(model, v)) is not None} \
             if name == "region" and head.absent is not None else {}
         torch.manual_seed(cfg.seed)  # the fresh start: not what loading drew for weights a checkpoint lacked
         reinitialise(head)
@@ -255,11 +256,10 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
         console.print(f"pointers {name} ({len(examples[0])} examples): "
                       + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in sets))
         if name == "region" and declined_before:
-            declined_after = {k: declined(model, v) for k, v in sets.items()}
+            declined_after = {k: declined(model, sets[k]) for k in declined_before}
             figures[name]["absent_declined"] = {"before": declined_before, "after": declined_after}
             console.print("pointers region, absent phrases scored below 0.5: "
-                          + ", ".join(f"{k} {declined_before[k]:.3f} -> {declined_after[k]:.3f}"
-                                      for k in sets if declined_before[k] is not None))
+                          + ", ".join(f"{k} {declined_before[k]:.3f} -> {declined_after[k]:.3f}" for k in declined_before))
 
     og.save_pretrained(cfg.model_dir)
     summary = {"stage": "pointers", "samples": len(items), "capture_seconds": capture_seconds, "heads": figures,
