@@ -7,7 +7,7 @@ from micro import image, labelled_batch, micro_model, turn
 from omniground.model import OmniGround
 from omniground.grounding.geometry import box_iou
 from omniground.model.modeling_omniground import (RegionPointer, box_bins, pairwise_box_iou, region_targets,
-                                                 written_since)
+                                                 text_before, written_since)
 
 CONVS = [turn("<image>\nWhere is the cat?", "the cat[0.100,0.200,0.500,0.600]"),
          turn("Say hi.", "hi"),
@@ -232,3 +232,92 @@ def test_presence_weighs_nothing_here_beside_the_patches_and_keeps_the_box_chose
     patch_logits = plain.logits(hidden[:1], patches[:1])[0]
     share = float(patch_logits.exp().sum() / (patch_logits.exp().sum() + torch.tensor(5.0).exp()))
     assert conf == pytest.approx(plain_conf * share, rel=1e-5) and conf < plain_conf
+
+
+def test_text_before_keeps_each_markers_text_tokens_up_to_it_in_order():
+    hidden = torch.arange(2 * 5, dtype=torch.float).view(2, 5, 1)  # state = 5 * row + position
+    is_text = torch.tensor([[True, False, True, True, True], [False, True, True, True, True]])
+    text, mask = text_before(hidden, is_text, torch.tensor([0, 1, 0]), torch.tensor([3, 2, 0]))
+    assert text.shape == (3, 3, 1)
+    assert [t[m].flatten().tolist() for t, m in zip(text, mask)] == [[0, 2, 3], [6, 7], [0]]
+    assert mask.tolist() == [[True, True, True], [True, True, False], [True, False, False]]
+
+
+def _reread_model(seed=3):
+    """A region model whose query re-reads the text, its pointer's weights random and large enough that what
+    it reads moves the patches' probabilities (`out` starts at zero; the micro init gives near-uniform ones)."""
+    og = micro_model(region_boxes=True, region_reread=True)
+    spread_boxes(og)
+    g = torch.Generator().manual_seed(seed)
+    rp = og.model.region_pointer
+    with torch.no_grad():
+        for part, scale in ((rp.reread, 0.3), (rp.query, 0.2), (rp.key, 0.2)):
+            for p in part.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return og
+
+
+def test_reread_starts_as_a_no_op_and_needs_region_boxes():
+    with pytest.raises(ValueError, match="region_reread needs region_boxes"):
+        micro_model(region_reread=True)
+    plain, reread = micro_model(region_boxes=True), micro_model(region_boxes=True, region_reread=True)
+    spread_boxes(plain)
+    missing = reread.model.load_state_dict(plain.model.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("region_pointer.reread.") for k in missing)
+    inputs = _prompts_ending_in_a_box(plain)
+    with torch.no_grad():
+        a, b = (og.model.generate(**inputs, max_new_tokens=4, do_sample=False) for og in (plain, reread))
+    assert a.tolist() == b.tolist()
+
+
+def test_reread_training_loss_reads_each_boxs_text_up_to_it():
+    og = _reread_model()
+    m, cfg = og.model, og.model.config
+    inputs = batch(og)
+    with torch.no_grad():
+        out = m(**inputs)
+        pointer, m.region_pointer = m.region_pointer, None
+        lm_loss = m(**inputs).loss
+        m.region_pointer = pointer
+        patches = m.vision_tower(inputs["pixel_values"])
+        ids = inputs["input_ids"]
+        hidden = _hidden(m, inputs, patches)
+        rows, pos = (ids == cfg.box_token_id).nonzero(as_tuple=True)
+        is_text = (ids != cfg.image_token_id) & inputs["attention_mask"].bool()
+        text = text_before(hidden, is_text, rows, pos)
+        target = (torch.stack([ids[r, p + 1 : p + 5] for r, p in zip(rows, pos)]) - cfg.loc_token_start_id) / (
+            cfg.num_location_bins - 1)
+        image_of_row = torch.tensor([0, 1, 1])
+        rp = m.region_pointer
+        args = (hidden[rows, pos], patches[image_of_row], rp.boxes(patches)[image_of_row], target)
+        want = lm_loss + rp.loss(*args, *text)
+        without = lm_loss + rp.loss(*args, *(torch.zeros_like(t) for t in text[:1]), torch.ones_like(text[1]))
+    torch.testing.assert_close(out.loss, want, rtol=1e-4, atol=1e-4)
+    assert abs(float(out.loss - without)) > 1e-3  # what it reads matters
+
+
+def test_reread_generation_chooses_from_the_same_text_as_training():
+    og = _reread_model()
+    m, cfg = og.model, og.model.config
+    inputs = _prompts_ending_in_a_box(og)  # left-padded: row 1's prompt is shorter
+    with torch.no_grad():
+        out = m.generate(**inputs, max_new_tokens=4, do_sample=False)[:, -4:]
+        confidences = [c["box"] for c in m.pointer_confidences()]
+        patches = m.vision_tower(inputs["pixel_values"])
+        hidden = _hidden(m, inputs, patches)
+        ids = inputs["input_ids"]
+        is_text = (ids != cfg.image_token_id) & inputs["attention_mask"].bool()
+        last = torch.full((2,), ids.shape[1] - 1)
+        text, mask = text_before(hidden, is_text, torch.arange(2), last)
+        rp = m.region_pointer
+        boxes = rp.boxes(patches)
+        for r in range(2):
+            bins, confidence = rp.choose(hidden[r, -1], patches[r], boxes[r], cfg.num_location_bins,
+                                         text[r, mask[r]], mask[r, mask[r]])
+            assert out[r].tolist() == [cfg.loc_token_start_id + b for b in bins]
+            assert confidences[r] == [pytest.approx(confidence, rel=1e-5)]  # the same probabilities
+        nocache = m.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=False)[:, -4:]
+        single = {k: v[1:] for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        single["pixel_values"] = inputs["pixel_values"][1:]
+        alone = m.generate(**single, max_new_tokens=4, do_sample=False)[:, -4:]
+    assert nocache.tolist() == out.tolist() and alone[0].tolist() == out[1].tolist()

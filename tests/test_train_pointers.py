@@ -17,7 +17,7 @@ from omniground.model.factory import build_tiny
 from omniground.train import load_config
 from omniground.train.config import DataSource, PointerConfig, TrainConfigError
 from omniground.train.data import Collator, SampleDataset, load_sources
-from omniground.train.pointers import absent_as_rec, recording_pointer_inputs, refit_pointers
+from omniground.train.pointers import absent_as_rec, cat_padded, recording_pointer_inputs, refit_pointers
 
 POINTERS = dict(MICRO_MODEL, region_boxes=True, span_pointers=True, time_anchored_queries=True)
 TASKS = ["rec", "grounded_caption", "video_grounding", "audio_grounding"]
@@ -194,3 +194,25 @@ def test_the_refit_learns_nothing_here_from_phrases_the_image_lacks(tmp_path, sy
     assert region["loss"]["after"] < 0.5 * region["loss"]["before"]  # present phrases keep their patches
     back = load(cfg.model_dir).model
     assert back.config.region_presence and back.region_pointer.absent is not None
+
+
+def test_recorded_inputs_of_unlike_lengths_are_padded_at_the_end():
+    text = cat_padded([torch.ones(2, 3, 1), torch.full((1, 5, 1), 2.0)])
+    assert text.shape == (3, 5, 1) and text[:2, 3:].eq(0).all() and text[2].eq(2).all()
+    mask = cat_padded([torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)])
+    assert mask.tolist() == [[True, True, False, False], [True] * 4]
+    assert cat_padded([torch.ones(2, 4), torch.ones(3, 4)]).shape == (5, 4)  # alike: plain concatenation
+
+
+def test_the_refit_fits_the_text_reread_with_absent_phrases_too(tmp_path, synth_data, start):
+    from omniground.model.api import load
+
+    data = [{"path": synth_data / "train.jsonl", "tasks": ["rec", "negative"]}]
+    cfg = _config(tmp_path, synth_data, start, steps={}, train_data=data, capture_batch_size=2,
+                  eval_data=[{"path": synth_data / "val.jsonl", "tasks": ["rec"]}],
+                  model={"from_checkpoint": str(start),
+                         "config_updates": {"region_presence": True, "region_reread": True}})
+    region = refit_pointers(cfg)["heads"]["region"]
+    assert region["loss"]["after"] < 0.5 * region["loss"]["before"]
+    back = load(cfg.model_dir).model
+    assert back.config.region_reread and back.region_pointer.reread.out.weight.abs().sum() > 0  # fitted, saved

@@ -38,7 +38,8 @@ HEADS = ("region", "span")
 @contextmanager
 def recording_pointer_inputs(model):
     """Inside: every pointer loss the model computes also records its (detached) arguments, per head --
-    region: (hidden, patches, boxes, target); span: (hidden, slots, mask, target)."""
+    region: (hidden, patches, boxes, target[, text, text mask] with `region_reread`); span: (hidden, slots,
+    mask, target)."""
     heads = {"region": model.region_pointer, "span": model.span_pointer}
     seen: dict[str, list[tuple[torch.Tensor, ...]]] = {name: [] for name in HEADS}
 
@@ -78,7 +79,15 @@ def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str
             idx = order[i : i + batch_size]
             model(**collate([data[j] for j in idx]).to(model.device))
             bar.update(task, completed=i + len(idx))
-    return {name: tuple(torch.cat(parts) for parts in zip(*calls)) for name, calls in seen.items() if calls}
+    return {name: tuple(cat_padded(parts) for parts in zip(*calls)) for name, calls in seen.items() if calls}
+
+
+def cat_padded(parts) -> torch.Tensor:
+    """Tensors alike but for their first dimension and, where they differ (the text `region_reread` reads:
+    each batch's as long as its longest), later ones -> one, padded at the end with zeros / False."""
+    shape = [max(sizes) for sizes in zip(*(p.shape[1:] for p in parts))]
+    return torch.cat([torch.nn.functional.pad(p, [x for d, n in zip(reversed(p.shape[1:]), reversed(shape))
+                                                   for x in (0, n - d)]) for p in parts])
 
 
 def absent_as_rec(negatives: list[TrainItem], rec: list[TrainItem]) -> list[TrainItem]:
@@ -108,11 +117,11 @@ def absent_as_rec(negatives: list[TrainItem], rec: list[TrainItem]) -> list[Trai
 
 @torch.no_grad()
 def reinitialise(head) -> None:
-    """The head's query and key (and the span pointer's slot edges, the region pointer's presence) back to
-    a fresh start; the region pointer's box regressor stays. Why: the refit's result then depends on the
-    frozen model alone, not on where stages 1-3 left the head (as in classifier re-training); fitted afresh
-    or onward, held out alike."""
-    extra = (getattr(head, "edges", None), getattr(head, "absent", None))
+    """The head's query and key (and the span pointer's slot edges, the region pointer's presence and text
+    reread) back to a fresh start; the region pointer's box regressor stays. Why: the refit's result then
+    depends on the frozen model alone, not on where stages 1-3 left the head (as in classifier re-training);
+    fitted afresh or onward, held out alike."""
+    extra = (getattr(head, "edges", None), getattr(head, "absent", None), getattr(head, "reread", None))
     parts = [head.key, head.query] + [m for m in extra if m is not None]
     for m in (m for part in parts for m in part.modules()):
         if hasattr(m, "reset_parameters"):
@@ -124,12 +133,12 @@ def hit_rate(model, name: str, examples: tuple[torch.Tensor, ...]) -> float:
     """The share of boxes (IoU >= 0.5, as Acc@0.5) or spans (as R@1 at IoU 0.5) the head's own choice gets
     right, given what the model feeds it -- the figure the refit moves. Absent phrases: see `declined`."""
     head, bins = getattr(model, f"{name}_pointer"), model.config.num_location_bins
-    hidden, media, extra, target = examples
+    hidden, media, extra, target, *text = examples
     iou = box_iou if name == "region" else span_iou
     present = (~absent_targets(target)).nonzero().flatten().tolist()
     hits = 0
     for i in present:
-        chosen, _ = head.choose(hidden[i], media[i], extra[i], bins)
+        chosen, _ = head.choose(hidden[i], media[i], extra[i], bins, *(t[i] for t in text))
         hits += iou([b / (bins - 1) for b in chosen], target[i].tolist()) >= 0.5
     return hits / max(len(present), 1)
 
@@ -138,12 +147,13 @@ def hit_rate(model, name: str, examples: tuple[torch.Tensor, ...]) -> float:
 def declined(model, examples: tuple[torch.Tensor, ...]) -> float | None:
     """Of the phrases the image lacks (target all -1), the share whose box scores below 0.5 (what
     `omniground ground --min-score 0.5` drops); None without any."""
-    hidden, patches, boxes, target = examples
+    hidden, patches, boxes, target, *text = examples
     absent = absent_targets(target).nonzero().flatten().tolist()
     if not absent:
         return None
     head, bins = model.region_pointer, model.config.num_location_bins
-    return sum(head.choose(hidden[i], patches[i], boxes[i], bins)[1] < 0.5 for i in absent) / len(absent)
+    return sum(head.choose(hidden[i], patches[i], boxes[i], bins, *(t[i] for t in text))[1] < 0.5
+               for i in absent) / len(absent)
 
 
 @torch.no_grad()
@@ -160,10 +170,10 @@ def read_pointer_inputs(og, items: list[TrainItem], batch_size: int, console: Co
             raise TrainConfigError("negatives in the pointer refit's data teach the region pointer 'nothing here': "
                                    "the model needs region_presence (model.config_updates: {region_presence: true})")
         rec = [i for i in rest if i.sample.task == "rec" and i.sample.boxes]
-        hidden, patches, boxes, target = capture(og, absent_as_rec(negatives, rec), batch_size, console,
-                                                 f"{what}, absent phrases")["region"]
-        absent = (hidden, patches, boxes, torch.full_like(target, -1.0))
-        seen["region"] = tuple(torch.cat(pair) for pair in zip(seen["region"], absent)) if "region" in seen else absent
+        hidden, patches, boxes, target, *text = capture(og, absent_as_rec(negatives, rec), batch_size, console,
+                                                        f"{what}, absent phrases")["region"]
+        absent = (hidden, patches, boxes, torch.full_like(target, -1.0), *text)
+        seen["region"] = tuple(cat_padded(pair) for pair in zip(seen["region"], absent)) if "region" in seen else absent
     return seen
 
 
