@@ -36,6 +36,24 @@ def _hidden(m, inputs, patches):
                                           position_ids=(mask.cumsum(-1) - 1).clamp_min(0)).last_hidden_state
 
 
+@torch.no_grad()
+def _loss_parts_by_hand(m, inputs):
+    """What the training loss of `batch` is made of, by hand: the LM's loss alone, the hidden states, the
+    images' patch features, the three answer boxes' rows (0 and 2), positions, images and targets."""
+    pointer, m.region_pointer = m.region_pointer, None
+    lm_loss = m(**inputs).loss
+    m.region_pointer = pointer
+    patches = m.vision_tower(inputs["pixel_values"])
+    ids, cfg = inputs["input_ids"], m.config
+    hidden = _hidden(m, inputs, patches)
+    rows, pos = (ids == cfg.box_token_id).nonzero(as_tuple=True)
+    assert rows.tolist() == [0, 2, 2]
+    image_of_row = torch.tensor([0, 1, 1])
+    target = (torch.stack([ids[r, p + 1 : p + 5] for r, p in zip(rows, pos)]) - cfg.loc_token_start_id) / (
+        cfg.num_location_bins - 1)
+    return lm_loss, hidden, patches, rows, pos, image_of_row, target
+
+
 def test_flag_adds_only_the_region_pointer_and_checks_its_needs():
     plain, regions = micro_model(), micro_model(region_boxes=True)
     assert plain.model.region_pointer is None
@@ -79,19 +97,9 @@ def test_training_loss_adds_the_pointer_loss_of_every_target_box_and_trains_poin
     inputs = batch(og)
     out = m(**inputs)
     # the same loss by hand: LM loss + pointer loss over the three answer boxes (rows 0 and 2)
-    rp, cfg = m.region_pointer, m.config
+    rp = m.region_pointer
+    lm_loss, hidden, patches, rows, pos, image_of_row, target = _loss_parts_by_hand(m, inputs)
     with torch.no_grad():
-        pointer, m.region_pointer = m.region_pointer, None
-        lm_loss = m(**inputs).loss
-        m.region_pointer = pointer
-        patches = m.vision_tower(inputs["pixel_values"])
-        ids = inputs["input_ids"]
-        hidden = _hidden(m, inputs, patches)
-        rows, pos = (ids == cfg.box_token_id).nonzero(as_tuple=True)
-        assert rows.tolist() == [0, 2, 2]
-        image_of_row = torch.tensor([0, 1, 1])
-        target = (torch.stack([ids[r, p + 1 : p + 5] for r, p in zip(rows, pos)]) - cfg.loc_token_start_id) / (
-            cfg.num_location_bins - 1)
         want = lm_loss + rp.loss(hidden[rows, pos], patches[image_of_row],
                                  rp.boxes(patches)[image_of_row], target)
     torch.testing.assert_close(out.loss, want, rtol=1e-4, atol=1e-4)
@@ -274,20 +282,12 @@ def test_reread_training_loss_reads_each_boxs_text_up_to_it():
     og = _reread_model()
     m, cfg = og.model, og.model.config
     inputs = batch(og)
+    lm_loss, hidden, patches, rows, pos, image_of_row, target = _loss_parts_by_hand(m, inputs)
     with torch.no_grad():
         out = m(**inputs)
-        pointer, m.region_pointer = m.region_pointer, None
-        lm_loss = m(**inputs).loss
-        m.region_pointer = pointer
-        patches = m.vision_tower(inputs["pixel_values"])
         ids = inputs["input_ids"]
-        hidden = _hidden(m, inputs, patches)
-        rows, pos = (ids == cfg.box_token_id).nonzero(as_tuple=True)
         is_text = (ids != cfg.image_token_id) & inputs["attention_mask"].bool()
         text = text_before(hidden, is_text, rows, pos)
-        target = (torch.stack([ids[r, p + 1 : p + 5] for r, p in zip(rows, pos)]) - cfg.loc_token_start_id) / (
-            cfg.num_location_bins - 1)
-        image_of_row = torch.tensor([0, 1, 1])
         rp = m.region_pointer
         args = (hidden[rows, pos], patches[image_of_row], rp.boxes(patches)[image_of_row], target)
         want = lm_loss + rp.loss(*args, *text)
