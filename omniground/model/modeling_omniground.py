@@ -1244,10 +1244,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                                       "pending": [[] for _ in range(b)], "text": None,
                                       "confidences": [{"box": [], "span": []} for _ in range(b)]}
         reread = self.region_pointer is not None and self.region_pointer.reread is not None
-        if reread:  # (B, T, H) states and (B, T) text mask of every position so far
-            step = (hidden.detach(), self._is_text(input_ids, attention_mask))
-            state["text"] = step if state["text"] is None else \
-                tuple(torch.cat(pair, 1) for pair in zip(state["text"], step))
+        if reread:  # each step's (B, T, H) states and (B, T) text mask, joined only when a box is chosen
+            state["text"] = (state["text"] or []) + [(hidden.detach(), self._is_text(input_ids, attention_mask))]
         for r in range(b):
             todo = state["pending"][r]
             if not todo:
@@ -1258,8 +1256,9 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                         patches, boxes, _ = state["regions"]
                         text = ()
                         if reread:  # the text up to the box (j of its location tokens may follow it)
-                            states, is_text = (t[r, : t.shape[1] - j] for t in state["text"])
-                            text = (states[is_text], is_text.new_ones(int(is_text.sum())))
+                            states, is_text = (torch.cat(parts, 1) for parts in zip(*state["text"]))
+                            at = torch.tensor([states.shape[1] - 1 - j], device=states.device)
+                            text = tuple(t[0] for t in text_before(states, is_text, at.new_tensor([r]), at))
                         bins, conf = self.region_pointer.choose(hidden[r, -1 - j], patches[r], boxes[r], n, *text)
                         todo[:] = bins[j:]
                         state["confidences"][r]["box"].append(conf)
