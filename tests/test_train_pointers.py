@@ -216,3 +216,18 @@ def test_the_refit_fits_the_text_reread_with_absent_phrases_too(tmp_path, synth_
     assert region["loss"]["after"] < 0.5 * region["loss"]["before"]
     back = load(cfg.model_dir).model
     assert back.config.region_reread and back.region_pointer.reread.out.weight.abs().sum() > 0  # fitted, saved
+
+
+def test_a_heads_fit_does_not_depend_on_the_other_heads_data(tmp_path, synth_data, start):
+    """More REC for the region head leaves the span head's fit as it was (each head draws its own batches)."""
+    base = [{"path": synth_data / "train.jsonl", "tasks": TASKS}]
+    more = base + [{"path": synth_data / "val.jsonl", "tasks": ["rec"]}]
+    heads = []
+    for name, data in (("a", base), ("b", more)):
+        cfg = _config(tmp_path / name, synth_data, start, train_data=data, max_steps=5, steps={}, eval_data=[])
+        refit_pointers(cfg)
+        heads.append(load_file(str(next(cfg.model_dir.glob("*.safetensors")))))
+    span = [k for k in heads[0] if k.startswith("span_pointer.")]
+    assert span and all(torch.equal(heads[0][k], heads[1][k]) for k in span)
+    region = [k for k in heads[0] if k.startswith("region_pointer.query")]
+    assert not all(torch.equal(heads[0][k], heads[1][k]) for k in region)  # the region head did see more

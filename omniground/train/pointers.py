@@ -238,7 +238,6 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
     if not train:
         raise TrainConfigError("the pointer refit found nothing to fit: needs a model with region_boxes or "
                                "span_pointers and data with boxes on images or spans on clips")
-    generator = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     figures: dict[str, dict[str, Any]] = {}
     for name, examples in train.items():
@@ -256,7 +255,8 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
             head.box.requires_grad_(False)  # stage 0's box regressor, frozen with the encoders
         steps = cfg.steps.get(name, cfg.max_steps)
         t1 = time.time()
-        history += fit_head(head, examples, steps, cfg, generator, console, name)
+        # each head its own draw of batches: the span head's fit does not move when the region head's data does
+        history += fit_head(head, examples, steps, cfg, torch.Generator().manual_seed(cfg.seed), console, name)
         fit_seconds = time.time() - t1
         head.requires_grad_(False)
         after = {k: hit_rate(model, name, v) for k, v in sets.items()}
