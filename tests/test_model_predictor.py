@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from media_files import write_wav
 from micro import micro_model
 from PIL import Image
@@ -108,3 +109,19 @@ def test_eval_run_can_keep_only_some_tasks(bench):
     assert [p["id"] for p in lines] == [s.id for s in samples if s.task == "rec"]
     metrics = json.dumps(json.loads((root / "rec-only" / "metrics.json").read_text()))
     assert "rec/test" in metrics and "audio_grounding" not in metrics
+
+
+def test_an_output_folder_refuses_predictions_of_a_checkpoint_retrained_in_place(bench, tmp_path):
+    """Same path, same name, other weights: resuming would score the old model's answers as the new one's."""
+    root, _ = bench
+    ckpt, out = tmp_path / "model", tmp_path / "out"
+    OmniGround.from_pretrained(root / "ckpt").save_pretrained(ckpt)
+    args = ["run", "--data", str(root / "bench.jsonl"), "--out", str(out), "--model", str(ckpt), "--task", "rec"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert CliRunner().invoke(app, args).exit_code == 0  # the same weights resume
+    og = OmniGround.from_pretrained(ckpt)
+    with torch.no_grad():
+        next(og.model.parameters()).add_(1e-3)
+    og.save_pretrained(ckpt)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "with other weights" in str(result.exception)

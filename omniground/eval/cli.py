@@ -64,7 +64,7 @@ def evaluate(data: Path, out: Path, predictor: Predictor, root: Path, notes: lis
         console.print(f"[yellow]{n}[/yellow]" if "skipped" in n else n)
     if not usable:
         raise EvalError(f"{data}: no sample with its media present (media root: {root})")
-    _claim(out, predictor.name)
+    _claim(out, predictor.name, getattr(predictor, "weights", None))
     try:
         preds = predict_all(usable, root, predictor, out / "predictions.jsonl", batch_size=batch_size)
     except EndpointError as e:
@@ -77,18 +77,22 @@ def evaluate(data: Path, out: Path, predictor: Predictor, root: Path, notes: lis
     return report
 
 
-def _claim(out: Path, system: str) -> None:
-    """Predictions resume from OUT/predictions.jsonl: refuse to mix two systems' answers in one folder."""
+def _claim(out: Path, system: str, weights: str | None = None) -> None:
+    """Predictions resume from OUT/predictions.jsonl: refuse to mix two systems' answers in one folder -- by
+    name, and for a checkpoint also by its weights (a model retrained in place keeps its name)."""
     stamp = out / "system.json"
     if stamp.exists():
         try:
-            owner = json.loads(stamp.read_text()).get("system")
+            owner = json.loads(stamp.read_text())
         except ValueError:
-            owner = None
-        if owner not in (None, system):
-            raise EvalError(f"{out} holds predictions of {owner}, not {system}: give another --out")
+            owner = {}
+        if owner.get("system") not in (None, system):
+            raise EvalError(f"{out} holds predictions of {owner['system']}, not {system}: give another --out")
+        if None not in (owner.get("weights"), weights) and owner["weights"] != weights:
+            raise EvalError(f"{out} holds predictions of {system} with other weights ({owner['weights']}, now "
+                            f"{weights}): the checkpoint changed since; give another --out")
     out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"system": system}))
+    stamp.write_text(json.dumps({"system": system, **({"weights": weights} if weights else {})}))
 
 
 _BENCH_HELP = "; ".join(f"{k}: --ann {b.ann}" for k, b in BENCHMARKS.items())

@@ -6,8 +6,11 @@ The model answers in the grounding language with boxes normalised to the origina
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from omniground.data.schema import Sample
 from omniground.eval.predictors import question_of
@@ -31,6 +34,7 @@ class ModelPredictor:
         self.name = f"omniground:{Path(str(path_or_name)).name or path_or_name}" + ("+phrase" if answer_start else "")
         self.max_new_tokens = max_new_tokens
         self.answer_start = answer_start
+        self.weights = weights_fingerprint(self.og.model)
 
     def _answer_start(self, sample: Sample) -> str | None:
         if not (self.answer_start and sample.task == "rec" and len(sample.boxes) == 1 and sample.media):
@@ -43,3 +47,13 @@ class ModelPredictor:
         results = self.og.chat_batch(conversations, media, max_new_tokens=self.max_new_tokens,
                                      answer_prefixes=[self._answer_start(s) for s in samples])
         return [r.text for r in results]
+
+
+def weights_fingerprint(model) -> str:
+    """The first 16 hex digits of a SHA-256 over the model's parameters and buffers: what tells a retrained
+    checkpoint from the one an output folder's predictions came from, where both have the same name."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
