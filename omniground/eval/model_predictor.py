@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -34,7 +35,12 @@ class ModelPredictor:
         self.name = f"omniground:{Path(str(path_or_name)).name or path_or_name}" + ("+phrase" if answer_start else "")
         self.max_new_tokens = max_new_tokens
         self.answer_start = answer_start
-        self.weights = weights_fingerprint(self.og.model)
+
+    @cached_property
+    def weights(self) -> str:
+        """The checkpoint's fingerprint (`weights_fingerprint`), computed only where an output folder is claimed --
+        not for the trainer's periodic evaluation, which builds a predictor each time."""
+        return weights_fingerprint(self.og.model)
 
     def _answer_start(self, sample: Sample) -> str | None:
         if not (self.answer_start and sample.task == "rec" and len(sample.boxes) == 1 and sample.media):

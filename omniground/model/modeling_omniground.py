@@ -1241,11 +1241,11 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if prefill or state is None or len(state["pending"]) != b:
             detach = lambda ts: None if ts is None else tuple(t.detach() for t in ts)  # noqa: E731
             state = self._pointing = {"regions": detach(regions), "clips": detach(clips),
-                                      "pending": [[] for _ in range(b)], "text": None,
+                                      "pending": [[] for _ in range(b)], "text": [],
                                       "confidences": [{"box": [], "span": []} for _ in range(b)]}
         reread = self.region_pointer is not None and self.region_pointer.reread is not None
         if reread:  # each step's (B, T, H) states and (B, T) text mask, joined only when a box is chosen
-            state["text"] = (state["text"] or []) + [(hidden.detach(), self._is_text(input_ids, attention_mask))]
+            state["text"].append((hidden.detach(), self._is_text(input_ids, attention_mask)))
         for r in range(b):
             todo = state["pending"][r]
             if not todo:
