@@ -61,9 +61,9 @@ def recording_pointer_inputs(model):
 
 
 @torch.no_grad()
-def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str, tuple[torch.Tensor, ...]]:
+def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str, list[list[torch.Tensor]]]:
     """One forward pass of the frozen model over `items` (with labels, as in training) -> per head the
-    inputs of its loss for every target box / span, concatenated."""
+    inputs of its loss for every target box / span: per input, its batches' parts (`cat_padded` joins them)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     model = og.model.eval()
@@ -79,15 +79,23 @@ def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str
             idx = order[i : i + batch_size]
             model(**collate([data[j] for j in idx]).to(model.device))
             bar.update(task, completed=i + len(idx))
-    return {name: tuple(cat_padded(parts) for parts in zip(*calls)) for name, calls in seen.items() if calls}
+    return {name: [list(field) for field in zip(*calls)] for name, calls in seen.items() if calls}
 
 
-def cat_padded(parts) -> torch.Tensor:
+def cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
     """Tensors alike but for their first dimension and, where they differ (the text `region_reread` reads:
-    each batch's as long as its longest), later ones -> one, padded at the end with zeros / False."""
+    each batch's as long as its longest), later ones -> one, padded at the end with zeros / False.
+
+    The list is emptied as it is copied, each part dropped once copied: the refit's recorded inputs (GBs
+    for 60,000 scenes) are then held once, not twice (a copy of all beside all the parts ran 24 GB out)."""
     shape = [max(sizes) for sizes in zip(*(p.shape[1:] for p in parts))]
-    return torch.cat([torch.nn.functional.pad(p, [x for d, n in zip(reversed(p.shape[1:]), reversed(shape))
-                                                   for x in (0, n - d)]) for p in parts])
+    out = parts[0].new_zeros(sum(len(p) for p in parts), *shape)
+    at = 0
+    while parts:
+        part = parts.pop(0)
+        out[(slice(at, at + len(part)), *(slice(0, n) for n in part.shape[1:]))] = part
+        at += len(part)
+    return out
 
 
 def absent_as_rec(negatives: list[TrainItem], rec: list[TrainItem]) -> list[TrainItem]:
@@ -170,11 +178,12 @@ def read_pointer_inputs(og, items: list[TrainItem], batch_size: int, console: Co
             raise TrainConfigError("negatives in the pointer refit's data teach the region pointer 'nothing here': "
                                    "the model needs region_presence (model.config_updates: {region_presence: true})")
         rec = [i for i in rest if i.sample.task == "rec" and i.sample.boxes]
-        hidden, patches, boxes, target, *text = capture(og, absent_as_rec(negatives, rec), batch_size, console,
-                                                        f"{what}, absent phrases")["region"]
-        absent = (hidden, patches, boxes, torch.full_like(target, -1.0), *text)
-        seen["region"] = tuple(cat_padded(pair) for pair in zip(seen["region"], absent)) if "region" in seen else absent
-    return seen
+        absent = capture(og, absent_as_rec(negatives, rec), batch_size, console, f"{what}, absent phrases")["region"]
+        absent[3] = [torch.full_like(target, -1.0) for target in absent[3]]
+        for field, more in zip(seen.setdefault("region", [[] for _ in absent]), absent):
+            field += more
+        del absent
+    return {name: tuple(cat_padded(parts) for parts in fields) for name, fields in seen.items()}
 
 
 @torch.no_grad()
