@@ -321,3 +321,39 @@ def test_reread_generation_chooses_from_the_same_text_as_training():
         single["pixel_values"] = inputs["pixel_values"][1:]
         alone = m.generate(**single, max_new_tokens=4, do_sample=False)[:, -4:]
     assert nocache.tolist() == out.tolist() and alone[0].tolist() == out[1].tolist()
+
+
+def test_more_heads_answer_together_their_probabilities_averaged():
+    with pytest.raises(ValueError, match="region_heads 2: needs region_boxes"):
+        micro_model(region_heads=2)
+    with pytest.raises(ValueError, match="region_heads 0"):
+        micro_model(region_boxes=True, region_heads=0)
+    assert not any(".more." in k for k in micro_model(region_boxes=True).model.state_dict())  # one head: as before
+    rp = RegionPointer(vision_dim=4, hidden=4, heads=3)
+    assert len(rp.members()) == 3 and all(m.box is None and not m.more for m in rp.more)
+    # the lone far box is the first head's favourite; the other two put their mass on the object of three patches
+    boxes = torch.tensor([[0.6, 0.6, 0.9, 0.9], [0.1, 0.1, 0.4, 0.4], [0.1, 0.1, 0.42, 0.4], [0.12, 0.1, 0.4, 0.4]])
+    for m, p in zip(rp.members(), ([0.7, 0.1, 0.1, 0.1], [0.4, 0.2, 0.2, 0.2], [0.1, 0.3, 0.3, 0.3])):
+        m.logits = lambda hidden, patches, p=p: torch.tensor([p]).log()
+    alone = RegionPointer(vision_dim=4, hidden=4)
+    alone.logits = rp.logits
+    assert alone.choose(torch.zeros(4), torch.zeros(4, 4), boxes, 11)[0] == [6, 6, 9, 9]  # the first head alone
+    # averaged: 0.4, 0.2, 0.2, 0.2 -> the three agreeing patches' box, confidence their 0.6
+    assert rp.choose(torch.zeros(4), torch.zeros(4, 4), boxes, 11) == ([1, 1, 4, 4], pytest.approx(0.6))
+
+
+def test_with_more_heads_the_training_loss_adds_each_heads_own_loss():
+    og = micro_model(region_boxes=True, region_heads=2)
+    m = og.model
+    spread_boxes(og)
+    inputs = batch(og)
+    out = m(**inputs)
+    lm_loss, hidden, patches, rows, pos, image_of_row, target = _loss_parts_by_hand(m, inputs)
+    rp = m.region_pointer
+    with torch.no_grad():
+        args = (hidden[rows, pos], patches[image_of_row], rp.boxes(patches)[image_of_row], target)
+        first, second = rp.loss(*args), rp.more[0].loss(*args)
+    assert abs(float(first - second)) > 1e-4  # two heads, two starts
+    torch.testing.assert_close(out.loss, lm_loss + first + second, rtol=1e-4, atol=1e-4)
+    out.loss.backward()
+    assert rp.more[0].query[1].weight.grad.abs().sum() > 0

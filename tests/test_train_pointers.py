@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import yaml
+from rich.console import Console
 from safetensors.torch import load_file, save_file
 from test_train import MICRO_MODEL
 from typer.testing import CliRunner
@@ -17,7 +18,8 @@ from omniground.model.factory import build_tiny
 from omniground.train import load_config
 from omniground.train.config import DataSource, PointerConfig, TrainConfigError
 from omniground.train.data import Collator, SampleDataset, load_sources
-from omniground.train.pointers import absent_as_rec, cat_padded, recording_pointer_inputs, refit_pointers
+from omniground.train.pointers import (absent_as_rec, cat_padded, mean_loss, read_pointer_inputs,
+                                      recording_pointer_inputs, refit_pointers)
 
 POINTERS = dict(MICRO_MODEL, region_boxes=True, span_pointers=True, time_anchored_queries=True)
 TASKS = ["rec", "grounded_caption", "video_grounding", "audio_grounding"]
@@ -234,3 +236,22 @@ def test_a_heads_fit_does_not_depend_on_the_other_heads_data(tmp_path, synth_dat
     assert span and all(torch.equal(heads[0][k], heads[1][k]) for k in span)
     region = [k for k in heads[0] if k.startswith("region_pointer.query")]
     assert not all(torch.equal(heads[0][k], heads[1][k]) for k in region)  # the region head did see more
+
+
+def test_with_more_region_heads_the_refit_fits_each_from_its_own_start(tmp_path, synth_data, start):
+    from omniground.model.api import load
+
+    data = [{"path": synth_data / "train.jsonl", "tasks": ["rec"]}]
+    cfg = _config(tmp_path, synth_data, start, steps={}, max_steps=60, train_data=data, eval_data=[],
+                  model={"from_checkpoint": str(start), "config_updates": {"region_heads": 2}})
+    summary = refit_pointers(cfg)
+    assert summary["heads"]["region"]["heads"] == 2
+    assert [len([r for r in summary["history"] if r["branch"] == b]) for b in ("region", "region1")] == [60, 60]
+    og = load(cfg.model_dir)
+    first, second = og.model.region_pointer.members()
+    examples = read_pointer_inputs(og, load_sources([DataSource(**data[0])]), 8, Console(quiet=True), "t")["region"]
+    fresh = load(start, region_heads=2).model.region_pointer
+    for fitted in (first, second):  # each fitted, and apart: different starts and batches
+        assert mean_loss(fitted, examples) < 0.5 * mean_loss(fresh, examples)
+    assert not torch.equal(first.query[1].weight, second.query[1].weight)
+    assert torch.equal(first.box[0].weight, fresh.box[0].weight)  # stage 0's regressor, shared and kept

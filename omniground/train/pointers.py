@@ -257,19 +257,26 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
         # only sets that hold absent phrases: one without any has no share to report
         declined_before = {k: d for k, v in sets.items() if (d := declined(model, v)) is not None} \
             if name == "region" and head.absent is not None else {}
-        torch.manual_seed(cfg.seed)  # the fresh start: not what loading drew for weights a checkpoint lacked
-        reinitialise(head)
-        head.requires_grad_(True)
-        if name == "region":
-            head.box.requires_grad_(False)  # stage 0's box regressor, frozen with the encoders
+        # `region_heads`: each of the heads that answer together is fitted on its own, from its own start and
+        # draw of batches (seed + i), so that they err apart
+        members = head.members() if name == "region" else [head]
         steps = cfg.steps.get(name, cfg.max_steps)
         t1 = time.time()
-        # each head its own draw of batches: the span head's fit does not move when the region head's data does
-        history += fit_head(head, examples, steps, cfg, torch.Generator().manual_seed(cfg.seed), console, name)
+        for i, member in enumerate(members):
+            torch.manual_seed(cfg.seed + i)  # the fresh start: not what loading drew for weights a checkpoint lacked
+            reinitialise(member)
+            member.requires_grad_(True)
+            for frozen in (getattr(member, "box", None), *getattr(member, "more", ())):
+                if frozen is not None:  # stage 0's box regressor (frozen with the encoders); the other heads
+                    frozen.requires_grad_(False)
+            # each head its own draw of batches: the span head's fit does not move when the region head's data does
+            history += fit_head(member, examples, steps, cfg, torch.Generator().manual_seed(cfg.seed + i), console,
+                                name if i == 0 else f"{name}{i}")
+            member.requires_grad_(False)
         fit_seconds = time.time() - t1
-        head.requires_grad_(False)
         after = {k: hit_rate(model, name, v) for k, v in sets.items()}
-        figures[name] = {"examples": len(examples[0]), "steps": steps, "fit_seconds": fit_seconds,
+        figures[name] = {"examples": len(examples[0]), "steps": steps, "heads": len(members),
+                         "fit_seconds": fit_seconds,
                          "loss": {"before": loss_before, "after": mean_loss(head, examples)},
                          "before": before, "after": after}
         console.print(f"pointers {name} ({len(examples[0])} examples): "
@@ -284,7 +291,9 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
     summary = {"stage": "pointers", "samples": len(items), "capture_seconds": capture_seconds, "heads": figures,
                "train_seconds": time.time() - t0, "history": history}
     write_metrics(cfg.output_dir / "metrics.json", summary)
-    plot_stages(cfg.output_dir / "curve.png", [(f"{h}:", [r for r in history if r["branch"] == h], []) for h in figures],
+    branches = dict.fromkeys(r["branch"] for r in history)  # each head's fit, `region_heads`' each
+    plot_stages(cfg.output_dir / "curve.png",
+                [(f"{b}:", [r for r in history if r["branch"] == b], []) for b in branches],
                 title="pointer refit: each head on the frozen model's inputs")
     console.print(f"pointer refit saved {cfg.model_dir} ({summary['train_seconds']:.0f} s)")
     return summary
