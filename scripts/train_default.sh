@@ -3,7 +3,7 @@
 # splits (test: seeds never used in training; unseen: held-out combinations), and install the model
 # where `omniground.load("omniground-tiny")` finds it.
 #
-#   scripts/train_default.sh            # about 2 hours on two CPU threads (training 94 min, the pointer refit 39 of them), data generation and evaluation included; minutes on a GPU
+#   scripts/train_default.sh            # about 2 hours on two CPU threads (training 100 min, the pointer refit 45 of them), data generation and evaluation included; minutes on a GPU
 #
 # The shipped checkpoint records the commit it was trained from in TRAINED_FROM.txt.
 set -euo pipefail
