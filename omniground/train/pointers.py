@@ -11,7 +11,8 @@ after that costs a fraction of a second. This is the classifier re-training of l
 (decoupled representation and classifier) applied to the pointers, heads started afresh as there. The
 span head also reads clips no earlier stage saw (`extra3`): on the ones stages 1-3 trained on, the frozen
 model's inputs are more telling than on new clips. With `region_presence` the region head also learns
-"nothing here" from the negatives' absent phrases, read as REC answers (`absent_as_rec`). Like stage 0
+"nothing here" from the negatives' absent phrases, read as REC answers (`absent_as_rec`); with
+`region_heads` each region head is fitted on its own, from its own start and batches. Like stage 0
 it is short, so it restarts rather than resumes, and runs in one process (on the GPU where there is one).
 """
 
@@ -277,7 +278,7 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
         after = {k: hit_rate(model, name, v) for k, v in sets.items()}
         figures[name] = {"examples": len(examples[0]), "steps": steps, "heads": len(members),
                          "fit_seconds": fit_seconds,
-                         "loss": {"before": loss_before, "after": mean_loss(head, examples)},
+                         "loss": {"before": loss_before, "after": mean_loss(head, examples)},  # the first head's
                          "before": before, "after": after}
         console.print(f"pointers {name} ({len(examples[0])} examples): "
                       + ", ".join(f"{k} {before[k]:.3f} -> {after[k]:.3f}" for k in sets))
