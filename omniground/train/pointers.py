@@ -267,9 +267,10 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
             torch.manual_seed(cfg.seed + i)  # the fresh start: not what loading drew for weights a checkpoint lacked
             reinitialise(member)
             member.requires_grad_(True)
-            for frozen in (getattr(member, "box", None), *getattr(member, "more", ())):
-                if frozen is not None:  # stage 0's box regressor (frozen with the encoders); the other heads
-                    frozen.requires_grad_(False)
+            if name == "region":  # stage 0's box regressor (frozen with the encoders; the first head's) and the
+                for frozen in (member.box, *member.more):  # other heads, fitted in their own turn, stay as they are
+                    if frozen is not None:
+                        frozen.requires_grad_(False)
             # each head its own draw of batches: the span head's fit does not move when the region head's data does
             history += fit_head(member, examples, steps, cfg, torch.Generator().manual_seed(cfg.seed + i), console,
                                 name if i == 0 else f"{name}{i}")
