@@ -102,3 +102,15 @@ def test_grounded_text_joins_phrases_and_items():
         ["A ", ("cat", [Box(0, 0, 0.5, 0.5)]), " and ", ("two dogs", [Box(0.5, 0.5, 1, 1)] * 2)]
     )
     assert text == "A cat[0.000,0.000,0.500,0.500] and two dogs[0.500,0.500,1.000,1.000][0.500,0.500,1.000,1.000]"
+
+
+def test_every_decline_the_negatives_write_reads_back_its_phrase_and_nothing_else_does():
+    for phrase in ("red cat", "orange umbrella to the left of the dog"):
+        declines = {instruct.render("negative", random.Random(k), phrase=phrase)[1] for k in range(200)}
+        assert len(declines) == len(instruct.TEMPLATES["negative"].answers)
+        for text in declines:
+            assert instruct.decline_phrase(text) == phrase, text
+            assert instruct.decline_phrase(text.upper() + "  ") == phrase.upper()
+    for answer, _ in (instruct.render(task, random.Random(k), **SLOTS)[::-1] for task in ("rec", "reg") for k in range(50)):
+        assert instruct.decline_phrase(answer) is None, answer
+    assert instruct.decline_phrase("There is no cat in this image, but a dog.") is None  # the whole answer only

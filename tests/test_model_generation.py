@@ -193,3 +193,15 @@ def test_digit_boxes_stream_whole_too():
     assert model_api._stable_prefix("the cat[0.100,0.200,0.300,0.400] at {0.1") == len(
         "the cat[0.100,0.200,0.300,0.400] at ")
     assert model_api._stable_prefix("a<|box|><loc_1><loc_2>") == 1
+
+
+def test_chat_batch_checks_the_declines_of_answers_not_streamed_nor_started(og, monkeypatch):
+    seen = []
+    monkeypatch.setattr(og, "overrule_declines",
+                        lambda conversations, media, results, rows=None, **kw: seen.append((rows, kw)) or results)
+    question, media = user("<image>\nWhere is the cat?"), [image(0)]
+    og.chat_batch([question, question], [media, media], max_new_tokens=2, answer_prefixes=[None, "The"])
+    assert [rows for rows, _ in seen] == [[0]] and seen[0][1]["max_new_tokens"] == 2
+    og.chat(question, media, max_new_tokens=2, stream=lambda piece: None)  # shown as it came: not re-asked
+    og.chat(question, media, max_new_tokens=2, check_declines=False)
+    assert len(seen) == 1

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from micro import image, labelled_batch, micro_model, turn
+from micro import audio, image, labelled_batch, micro_model, turn
 
 from omniground.model import OmniGround
 from omniground.grounding.geometry import box_iou
@@ -357,3 +357,45 @@ def test_with_more_heads_the_training_loss_adds_each_heads_own_loss():
     torch.testing.assert_close(out.loss, lm_loss + first + second, rtol=1e-4, atol=1e-4)
     out.loss.backward()
     assert rp.more[0].query[1].weight.grad.abs().sum() > 0
+
+
+def test_a_decline_in_words_is_re_asked_and_overruled_only_where_the_pointer_finds_the_thing():
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from omniground.model.api import DECLINE_OVERRULED_AT, ChatResult
+
+    og = micro_model(region_boxes=True, region_presence=True)
+    cfg, pointer = og.model.config, og.model.region_pointer
+    with torch.no_grad():  # every patch reads the same box: the score is the patches' share beside "nothing here"
+        pointer.box[-1].weight.zero_()
+        pointer.box[-1].bias.copy_(torch.tensor([0.2, -0.3, 0.4, 0.1]))
+    question = [{"role": "user", "content": "<image>\nWhere is the cat?"}]
+    asked_len = og.processor.prepare([question], [[image(0)]], add_generation_prompt=True,
+                                     answer_prefixes=["The cat"])[0]["input_ids"].shape[1]
+
+    class BoxFirst(LogitsProcessor):  # the re-asked answer, "The cat", goes on with a box
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == asked_len:
+                scores = torch.full_like(scores, float("-inf"))
+                scores[:, cfg.box_token_id] = 0.0
+            return scores
+
+    declined = [ChatResult("There is no cat in this image."), ChatResult("No cat is visible."),
+                ChatResult("The cat is asleep."), ChatResult("There is no cat in this image.")]
+    convs, media = [question] * 4, [[image(0)], [image(0)], [image(0)], [audio()]]
+    kw = dict(max_new_tokens=5, logits_processor=LogitsProcessorList([BoxFirst()]))
+    with torch.no_grad():
+        pointer.absent.weight.zero_()
+        pointer.absent.bias.fill_(-20.0)  # "nothing here" weighs nothing: the pointer finds the cat
+        found = og.overrule_declines(convs, media, declined, **kw)
+        pointer.absent.bias.fill_(20.0)  # "nothing here" weighs all
+        kept = og.overrule_declines(convs, media, declined, **kw)
+    # both declines of the image re-asked as "The cat" and answered with a pointed box
+    for answer in found[:2]:
+        assert answer.text.startswith("The cat") and len(answer.boxes) == 1
+        assert answer.boxes[0].score >= DECLINE_OVERRULED_AT
+    assert found[2:] == declined[2:]  # not a decline; a decline asked of audio
+    assert kept == declined  # the re-asked box scored below DECLINE_OVERRULED_AT: the decline stands
+    assert og.overrule_declines(convs, media, declined, rows=[2, 3], **kw) == declined  # rows not allowed
+    plain = micro_model(region_boxes=True)  # no "nothing here": a box's score says nothing of presence
+    assert plain.overrule_declines(convs, media, declined, **kw) == declined

@@ -66,3 +66,22 @@ def test_visible_text_holds_back_what_may_still_change():
     assert visible_text(og.processor, "one two EN", meta, final=False, stops=("END",)) == "one two "
     assert visible_text(og.processor, "caf\ufffd", meta, final=False) == "caf"
     assert visible_text(og.processor, "one two END three", meta, final=True, stops=("END",)) == "one two "
+
+
+def test_only_unstreamed_answers_of_their_own_are_checked_for_declines(monkeypatch):
+    from omniground.model.api import ChatResult
+
+    og = ScriptedOmniGround("There is no cat in this image.")
+    seen = {}
+
+    def overrule(conversations, media, results, rows=None, **kwargs):  # stands for the region pointer's check
+        seen["rows"] = rows
+        return [ChatResult("The cat is here.", num_tokens=3) if i in rows else r for i, r in enumerate(results)]
+
+    monkeypatch.setattr(og, "overrule_declines", overrule)
+    shown: list[str] = []
+    streamed, prefixed, plain = image_row(og, on_text=shown.append), image_row(og, answer_prefix="The"), image_row(og)
+    a, b, c = run_batch(og, [streamed, prefixed, plain])
+    assert seen["rows"] == [2]
+    assert a.text == "".join(shown) == "There is no cat in this image."  # shown as it came: it stands
+    assert (c.text, c.completion_tokens, c.finish_reason) == ("The cat is here.", 3, "stop")

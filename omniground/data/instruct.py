@@ -586,6 +586,25 @@ def render(task: str, rng: random.Random, **slots) -> tuple[str, str]:
     return question, answer
 
 
+def _decline_pattern(template: str) -> re.Pattern:
+    body = re.escape(template).replace(r"\{a_phrase\}", r"an?\s+(?P<phrase>.+?)").replace(r"\{phrase\}", r"(?P<phrase>.+?)")
+    return re.compile(body, re.IGNORECASE)
+
+
+_DECLINES = tuple(_decline_pattern(t) for t in _NEGATIVE_A)
+
+
+def decline_phrase(answer: str) -> str | None:
+    """The phrase an answer declines, when the whole answer is one of the negatives' forms ("There is no red
+    mug in this image." -> "red mug"); None for any other answer. What a model trained on these says when it
+    finds nothing, read back (`OmniGround.overrule_declines`)."""
+    text = answer.strip()
+    for pattern in _DECLINES:
+        if m := pattern.fullmatch(text):
+            return m.group("phrase")
+    return None
+
+
 def dialogue(items: Iterable[tuple[str, dict]], rng: random.Random) -> list[tuple[str, str]]:
     """Several grounded Q/A turns about one media: each item is (task, slots); later questions read as follow-ups."""
     pairs = []

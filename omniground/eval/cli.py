@@ -25,7 +25,8 @@ class EvalError(UserError):
 
 
 def _predictor(model: Optional[str], endpoint: Optional[str], endpoint_model: Optional[str], api_key: Optional[str],
-               box_frame: str, prompt_suffix: str, padded_square: bool = False, answer_start: bool = False) -> Predictor:
+               box_frame: str, prompt_suffix: str, padded_square: bool = False, answer_start: bool = False,
+               check_declines: bool = True) -> Predictor:
     if bool(model) == bool(endpoint):
         raise EvalError("give exactly one of --model PATH or --endpoint URL")
     if box_frame not in ("auto", "norm1", "norm1000", "pixel"):
@@ -41,7 +42,7 @@ def _predictor(model: Optional[str], endpoint: Optional[str], endpoint_model: Op
         from omniground.eval.model_predictor import ModelPredictor
     except ImportError as e:
         raise EvalError(f"--model needs omniground.eval.model_predictor ({e}); use --endpoint meanwhile") from e
-    return ModelPredictor(model, answer_start=answer_start)  # type: ignore[arg-type]
+    return ModelPredictor(model, answer_start=answer_start, check_declines=check_declines)  # type: ignore[arg-type]
 
 
 def evaluate(data: Path, out: Path, predictor: Predictor, root: Path, notes: list[str], limit: Optional[int] = None,
@@ -118,6 +119,10 @@ def run(
     answer_start: bool = typer.Option(
         False, help="--model only: each REC answer starts with 'The <phrase>' given, so the model writes only "
                     "the box (Kosmos-2's REC protocol; what `omniground ground` does)."),
+    check_declines: bool = typer.Option(
+        True, help="--model only: an image answer that declines in words is re-asked with the phrase it declined "
+                   "given, and the box kept where the region pointer finds the thing (as `omniground serve` "
+                   "answers); --no-check-declines scores the LM's words alone."),
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N samples."),
     task: Optional[List[str]] = typer.Option(None, "--task", help="Only samples of this task (repeatable): rec, ..."),
     batch_size: int = typer.Option(8, min=1),
@@ -136,7 +141,7 @@ def run(
     if data is not None and not data.is_file():
         raise EvalError(f"{data}: no such benchmark file")
     predictor = _predictor(model, endpoint, endpoint_model, api_key, box_frame, prompt_suffix, padded_square,
-                           answer_start)
+                           answer_start, check_declines)
     notes: list[str] = []
     if benchmark is not None:
         if not ann:

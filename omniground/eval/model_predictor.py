@@ -23,18 +23,22 @@ class ModelPredictor:
     `answer_start`: a referring expression's answer starts with the phrase given ("The <phrase>", the
     processor's `grounding_answer_prefix`), so the model writes only the box -- as Kosmos-2 is evaluated
     on REC, and as `omniground ground` asks. Without it the model must also echo the phrase itself.
+    `check_declines`: declines in words are checked by the region pointer (`OmniGround.overrule_declines`),
+    as the server does; off, the LM's words alone are scored.
     """
 
     box_frame = "norm1"
 
     def __init__(self, path_or_name: str, max_new_tokens: int = 64, device: str | None = None, og=None,
-                 answer_start: bool = False):
+                 answer_start: bool = False, check_declines: bool = True):
         import omniground
 
         self.og = og if og is not None else omniground.load(path_or_name, device=device)
-        self.name = f"omniground:{Path(str(path_or_name)).name or path_or_name}" + ("+phrase" if answer_start else "")
+        self.name = (f"omniground:{Path(str(path_or_name)).name or path_or_name}" + ("+phrase" if answer_start else "")
+                     + ("" if check_declines else "+words"))
         self.max_new_tokens = max_new_tokens
         self.answer_start = answer_start
+        self.check_declines = check_declines
 
     @cached_property
     def weights(self) -> str:
@@ -51,7 +55,8 @@ class ModelPredictor:
         conversations = [[{"role": "user", "content": question_of(s)}] for s in samples]
         media = [[s.media_path(i, root) for i in range(len(s.media))] for s in samples]
         results = self.og.chat_batch(conversations, media, max_new_tokens=self.max_new_tokens,
-                                     answer_prefixes=[self._answer_start(s) for s in samples])
+                                     answer_prefixes=[self._answer_start(s) for s in samples],
+                                     check_declines=self.check_declines)
         return [r.text for r in results]
 
 

@@ -179,9 +179,17 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
         streamer=tracker,
         stopping_criteria=StoppingCriteriaList([tracker]),  # per-row limits, stop strings, cancellation
         answer_prefixes=[r.answer_prefix for r in rows],
+        check_declines=False,
     )
+    # A decline in words is checked by the region pointer (`overrule_declines`), but not where it was streamed
+    # (shown text is not taken back), cancelled, or the answer's start was given.
+    quiet = [i for i, r in enumerate(rows)
+             if r.on_text is None and not r.answer_prefix and tracker.finish[i] != "cancelled"]
+    checked = og.overrule_declines([r.messages for r in rows], [r.media for r in rows], results, quiet,
+                                   max_new_tokens=max(r.max_tokens for r in rows), temperature=sampling.temperature,
+                                   top_p=sampling.top_p)
     answers = []
-    for i, (row, result) in enumerate(zip(rows, results)):
+    for i, (row, result) in enumerate(zip(rows, checked)):
         text = result.text
         for s in row.stop:  # OpenAI semantics: the stop string itself is not part of the answer
             at = text.find(s)
@@ -191,9 +199,12 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
         kept = parse(text, box_frame="norm1")
         nb, ns = len(kept.boxes), len(kept.spans)
         finish = tracker.finish[i] or ("length" if len(tracker.ids[i]) >= row.max_tokens else "stop")
+        tokens = len(tracker.ids[i])
+        if result is not results[i]:  # the re-asked answer replaced the decline
+            finish, tokens = result.finish_reason, result.num_tokens
         answer = Answer(
             text=text, finish_reason=finish, prompt_tokens=tracker.prompt_tokens[i],
-            completion_tokens=len(tracker.ids[i]),
+            completion_tokens=tokens,
             boxes=result.boxes[:nb], boxes_pixels=result.boxes_pixels[:nb],
             spans=result.spans[:ns], spans_seconds=result.spans_seconds[:ns],
             image_size=row.meta.image_size, duration=row.meta.duration, problems=list(result.problems),
