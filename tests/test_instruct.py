@@ -114,3 +114,10 @@ def test_every_decline_the_negatives_write_reads_back_its_phrase_and_nothing_els
     for answer, _ in (instruct.render(task, random.Random(k), **SLOTS)[::-1] for task in ("rec", "reg") for k in range(50)):
         assert instruct.decline_phrase(answer) is None, answer
     assert instruct.decline_phrase("There is no cat in this image, but a dog.") is None  # the whole answer only
+
+
+def test_an_answers_start_may_decline_until_it_leaves_every_declines_opening_words():
+    decline = "The image does not contain a red cat."
+    assert all(instruct.might_decline(decline[:n]) for n in range(len(decline) + 1))
+    assert instruct.might_decline("No") and instruct.might_decline("  sorry, no red")
+    assert not instruct.might_decline("The red cat") and not instruct.might_decline("A red cat is at")

@@ -68,7 +68,7 @@ def test_visible_text_holds_back_what_may_still_change():
     assert visible_text(og.processor, "one two END three", meta, final=True, stops=("END",)) == "one two "
 
 
-def test_only_unstreamed_answers_of_their_own_are_checked_for_declines(monkeypatch):
+def test_a_decline_is_checked_unless_its_start_was_given_and_a_streamed_one_is_held_back_till_then(monkeypatch):
     from omniground.model.api import ChatResult
 
     og = ScriptedOmniGround("There is no cat in this image.")
@@ -78,10 +78,17 @@ def test_only_unstreamed_answers_of_their_own_are_checked_for_declines(monkeypat
         seen["rows"] = rows
         return [ChatResult("The cat is here.", num_tokens=3) if i in rows else r for i, r in enumerate(results)]
 
+    monkeypatch.setattr(og, "checks_declines", lambda media: True)  # as for an image and a presence-weighing pointer
     monkeypatch.setattr(og, "overrule_declines", overrule)
     shown: list[str] = []
     streamed, prefixed, plain = image_row(og, on_text=shown.append), image_row(og, answer_prefix="The"), image_row(og)
     a, b, c = run_batch(og, [streamed, prefixed, plain])
-    assert seen["rows"] == [2]
-    assert a.text == "".join(shown) == "There is no cat in this image."  # shown as it came: it stands
-    assert (c.text, c.completion_tokens, c.finish_reason) == ("The cat is here.", 3, "stop")
+    assert seen["rows"] == [0, 2]
+    assert shown == ["The cat is here."]  # nothing of the decline was shown: it was held back, then replaced
+    assert (a.text, c.text, c.completion_tokens, c.finish_reason) == ("The cat is here.",) * 2 + (3, "stop")
+    assert b.text.startswith("The") and "cat is here" not in b.text
+    # an answer that is no decline streams as before, its first word held only until it cannot open one
+    og.answer, pieces = "The red cat sits on the mat.", []
+    [answer] = run_batch(og, [image_row(og, on_text=pieces.append)])
+    assert len(pieces) > 2 and "".join(pieces) == answer.text == "The red cat sits on the mat."
+    assert pieces[0].startswith("The ") and len(pieces[0].strip()) > 3

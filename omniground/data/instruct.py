@@ -605,6 +605,17 @@ def decline_phrase(answer: str) -> str | None:
     return None
 
 
+_DECLINE_OPENINGS = tuple(dict.fromkeys(t.split("{")[0].lower() for t in _NEGATIVE_A))
+
+
+def might_decline(start: str) -> bool:
+    """Whether an answer that starts so may still be one of the negatives' declines: the start is part of a
+    decline's opening words, or opens with them. What a streamed answer holds back, so that a decline can
+    still be checked before it is shown (`omniground.serve.generation`)."""
+    text = start.lstrip().lower()
+    return any(opening.startswith(text) or text.startswith(opening) for opening in _DECLINE_OPENINGS)
+
+
 def dialogue(items: Iterable[tuple[str, dict]], rng: random.Random) -> list[tuple[str, str]]:
     """Several grounded Q/A turns about one media: each item is (task, slots); later questions read as follow-ups."""
     pairs = []

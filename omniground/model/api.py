@@ -171,6 +171,12 @@ class OmniGround:
                                              **generate_kwargs)
         return results
 
+    def checks_declines(self, media: list | None) -> bool:
+        """Whether `overrule_declines` may re-ask an answer about `media`: one image, and a region pointer that
+        weighs "nothing here" (without it a box's score says nothing of presence)."""
+        return bool(self.model.config.region_presence and media and len(media) == 1
+                    and _media_kind(media[0]) == "image")
+
     def overrule_declines(self, conversations: list[list[dict]], media: list[list | None] | None,
                           results: list[ChatResult], rows: list[int] | None = None, **kwargs) -> list[ChatResult]:
         """`results` with each image answer that declines in words (`decline_phrase`: "There is no red mug in
@@ -179,11 +185,9 @@ class OmniGround:
         here"), that answer replaces the decline. Why: omniground-tiny's LM declines about as often for things
         the image shows as for things it lacks (6% and 4% of each), while the pointer's score tells the two
         apart (AUROC 0.95). Only `rows` (default: all) may be re-asked; `kwargs` go to `chat_batch`."""
-        if not self.model.config.region_presence:  # without "nothing here" a box's score says nothing of presence
-            return results
         media = media or [None] * len(results)
         phrases = {i: decline_phrase(results[i].text) for i in (range(len(results)) if rows is None else rows)
-                   if not results[i].boxes and media[i] and len(media[i]) == 1 and _media_kind(media[i][0]) == "image"}
+                   if not results[i].boxes and self.checks_declines(media[i])}
         asked = [i for i, phrase in phrases.items() if phrase]
         if not asked:
             return results

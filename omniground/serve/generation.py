@@ -19,6 +19,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from omniground.data.instruct import might_decline
 from omniground.grounding import parse
 from omniground.model.processing_omniground import RequestMeta
 from omniground.model.tokenizer import BOX_TOKEN, SPAN_TOKEN
@@ -109,9 +110,11 @@ def _reframe_closed(processor, text: str, meta: RequestMeta) -> str:
 class RowTracker(BaseStreamer, StoppingCriteria):
     """Follows every row of one `generate` call: its tokens, when it must stop, and its streamed text."""
 
-    def __init__(self, processor, rows: list[Row], eos_ids: set[int]):
+    def __init__(self, processor, rows: list[Row], eos_ids: set[int], held: list[bool] | None = None):
         self.processor, self.rows, self.eos_ids = processor, rows, eos_ids
         n = len(rows)
+        # rows whose decline may be checked: streamed text that may still become one is held back
+        self.held = held or [False] * n
         self.ids: list[list[int]] = [[] for _ in range(n)]
         self.prompt_tokens = [0] * n
         self.finish = [None] * n  # per row: None while running, then "stop" | "length" | "cancelled"
@@ -139,7 +142,9 @@ class RowTracker(BaseStreamer, StoppingCriteria):
             if row.stop and any(s in raw for s in row.stop):
                 self.finish[i] = "stop"
             if row.on_text is not None:
-                self.emit(i, visible_text(self.processor, raw, row.meta, final=False, stops=row.stop))
+                text = visible_text(self.processor, raw, row.meta, final=False, stops=row.stop)
+                if not (self.held[i] and might_decline(text)):
+                    self.emit(i, text)
 
     def end(self) -> None:
         pass
@@ -169,7 +174,8 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
         raise ValueError("rows of one batch must share their sampling settings")
     gen = og.model.generation_config
     eos = {gen.pad_token_id, *_as_list(gen.eos_token_id)} - {None}
-    tracker = RowTracker(og.processor, rows, eos)
+    checked = [not r.answer_prefix and og.checks_declines(r.media) for r in rows]  # see `overrule_declines`
+    tracker = RowTracker(og.processor, rows, eos, held=checked)
     results = og.chat_batch(
         [r.messages for r in rows],
         [r.media for r in rows],
@@ -181,15 +187,15 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
         answer_prefixes=[r.answer_prefix for r in rows],
         check_declines=False,
     )
-    # A decline in words is checked by the region pointer (`overrule_declines`), but not where it was streamed
-    # (shown text is not taken back), cancelled, or the answer's start was given.
-    quiet = [i for i, r in enumerate(rows)
-             if r.on_text is None and not r.answer_prefix and tracker.finish[i] != "cancelled"]
-    checked = og.overrule_declines([r.messages for r in rows], [r.media for r in rows], results, quiet,
-                                   max_new_tokens=max(r.max_tokens for r in rows), temperature=sampling.temperature,
-                                   top_p=sampling.top_p)
+    # A decline in words is checked by the region pointer (`overrule_declines`) where nothing of it was shown
+    # (a streamed row holds back what may still become a decline), it was not cancelled, and the answer's
+    # start was not given.
+    quiet = [i for i, r in enumerate(rows) if checked[i] and not tracker.shown[i] and tracker.finish[i] != "cancelled"]
+    results_checked = og.overrule_declines([r.messages for r in rows], [r.media for r in rows], results, quiet,
+                                           max_new_tokens=max(r.max_tokens for r in rows),
+                                           temperature=sampling.temperature, top_p=sampling.top_p)
     answers = []
-    for i, (row, result) in enumerate(zip(rows, checked)):
+    for i, (row, result) in enumerate(zip(rows, results_checked)):
         text = result.text
         for s in row.stop:  # OpenAI semantics: the stop string itself is not part of the answer
             at = text.find(s)
