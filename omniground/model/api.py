@@ -144,8 +144,8 @@ class OmniGround:
         temperature 0 = greedy, > 0 = sampling; `stop` strings end an answer (and are cut from it);
         `streamer` is any HF streamer (batch of one only); `answer_prefixes` give each answer's start
         (prefilled, not generated; part of the returned text). `check_declines`: an image answer that
-        declines in words is checked by the region pointer (`overrule_declines`); not where a streamer
-        has already shown the decline.
+        declines in words is checked by the region pointer (`overrule_declines`); not with a `streamer`,
+        as what it has shown is not taken back (`omniground.serve.generation` holds a decline back instead).
         """
         inputs, metas = self.processor.prepare(conversations, media, add_generation_prompt=True,
                                                answer_prefixes=answer_prefixes)
