@@ -3,7 +3,9 @@
 `run_batch(og, rows)` answers a list of `Row`s with one `OmniGround.chat_batch` call. Hugging Face
 `generate` only knows batch-wide limits and its text streamers refuse batches, so one `RowTracker`
 (a streamer and a stopping criterion at once) keeps each row's own tokens, stops a row at its own
-`max_tokens` / `stop` strings / cancellation, and hands each row the text it may show so far.
+`max_tokens` / `stop` strings / cancellation, and hands each row the text it may show so far. An image
+answer that declines in words is then checked by the region pointer (`OmniGround.overrule_declines`); a
+streamed one holds back its first words while they may still open a decline.
 
 Shared by the HTTP server (rows from concurrent requests) and the terminal chat (a batch of one).
 """
@@ -174,8 +176,8 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
         raise ValueError("rows of one batch must share their sampling settings")
     gen = og.model.generation_config
     eos = {gen.pad_token_id, *_as_list(gen.eos_token_id)} - {None}
-    checked = [not r.answer_prefix and og.checks_declines(r.media) for r in rows]  # see `overrule_declines`
-    tracker = RowTracker(og.processor, rows, eos, held=checked)
+    checkable = [not r.answer_prefix and og.checks_declines(r.media) for r in rows]  # see `overrule_declines`
+    tracker = RowTracker(og.processor, rows, eos, held=checkable)
     results = og.chat_batch(
         [r.messages for r in rows],
         [r.media for r in rows],
@@ -190,12 +192,12 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
     # A decline in words is checked by the region pointer (`overrule_declines`) where nothing of it was shown
     # (a streamed row holds back what may still become a decline), it was not cancelled, and the answer's
     # start was not given.
-    quiet = [i for i, r in enumerate(rows) if checked[i] and not tracker.shown[i] and tracker.finish[i] != "cancelled"]
-    results_checked = og.overrule_declines([r.messages for r in rows], [r.media for r in rows], results, quiet,
-                                           max_new_tokens=max(r.max_tokens for r in rows),
-                                           temperature=sampling.temperature, top_p=sampling.top_p)
+    unshown = [i for i in range(len(rows)) if checkable[i] and not tracker.shown[i] and tracker.finish[i] != "cancelled"]
+    checked = og.overrule_declines([r.messages for r in rows], [r.media for r in rows], results, unshown,
+                                   max_new_tokens=max(r.max_tokens for r in rows), temperature=sampling.temperature,
+                                   top_p=sampling.top_p)
     answers = []
-    for i, (row, result) in enumerate(zip(rows, results_checked)):
+    for i, (row, result) in enumerate(zip(rows, checked)):
         text = result.text
         for s in row.stop:  # OpenAI semantics: the stop string itself is not part of the answer
             at = text.find(s)
