@@ -391,8 +391,8 @@ def test_a_decline_in_words_is_re_asked_and_overruled_only_where_the_pointer_fin
         pointer.absent.bias.fill_(20.0)  # "nothing here" weighs all
         kept = og.overrule_declines(convs, media, declined, **kw)
     # both declines of the image re-asked as "The cat" and answered with a pointed box
-    for answer in found[:2]:
-        assert answer.text.startswith("The cat") and len(answer.boxes) == 1
+    for answer, decline in zip(found[:2], declined):
+        assert answer.text.startswith("The cat") and len(answer.boxes) == 1 and answer.overruled == decline.text
         assert answer.boxes[0].score >= DECLINE_OVERRULED_AT
     assert found[2:] == declined[2:]  # not a decline; a decline asked of audio
     assert kept == declined  # the re-asked box scored below DECLINE_OVERRULED_AT: the decline stands

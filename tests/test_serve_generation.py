@@ -76,7 +76,8 @@ def test_a_decline_is_checked_unless_its_start_was_given_and_a_streamed_one_is_h
 
     def overrule(conversations, media, results, rows=None, **kwargs):  # stands for the region pointer's check
         seen["rows"] = rows
-        return [ChatResult("The cat is here.", num_tokens=3) if i in rows else r for i, r in enumerate(results)]
+        return [ChatResult("The cat is here.", num_tokens=3, overruled=r.text) if i in rows else r
+                for i, r in enumerate(results)]
 
     monkeypatch.setattr(og, "checks_declines", lambda media: True)  # as for an image and a presence-weighing pointer
     monkeypatch.setattr(og, "overrule_declines", overrule)

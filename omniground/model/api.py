@@ -45,6 +45,7 @@ class ChatResult:
     problems: list[str] = field(default_factory=list)
     num_tokens: int = 0  # generated tokens, end-of-turn excluded
     finish_reason: str = "stop"  # "stop" (end of turn or a stop string) | "length" (max_new_tokens)
+    overruled: str = ""  # the LM's decline this answer replaced (`OmniGround.overrule_declines`), else empty
 
 
 def _media_kind(item: Any) -> str:
@@ -197,7 +198,7 @@ class OmniGround:
         results = list(results)
         for i, answer in zip(asked, again):
             if any(b.score is not None and b.score >= DECLINE_OVERRULED_AT for b in answer.boxes):
-                results[i] = answer
+                results[i] = replace(answer, overruled=results[i].text)
         return results
 
     generate = chat_batch  # the name HF users reach for

@@ -208,7 +208,7 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
         nb, ns = len(kept.boxes), len(kept.spans)
         finish = tracker.finish[i] or ("length" if len(tracker.ids[i]) >= row.max_tokens else "stop")
         tokens = len(tracker.ids[i])
-        if result is not results[i]:  # the re-asked answer replaced the decline
+        if result.overruled:  # the re-asked answer replaced the decline
             finish, tokens = result.finish_reason, result.num_tokens
         answer = Answer(
             text=text, finish_reason=finish, prompt_tokens=tracker.prompt_tokens[i],
