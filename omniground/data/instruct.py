@@ -587,8 +587,8 @@ def render(task: str, rng: random.Random, **slots) -> tuple[str, str]:
 
 
 def _decline_pattern(template: str) -> re.Pattern:
-    body = re.escape(template).replace(r"\{a_phrase\}", r"an?\s+(?P<phrase>.+?)").replace(r"\{phrase\}", r"(?P<phrase>.+?)")
-    return re.compile(body, re.IGNORECASE)
+    body = re.escape(template).replace(r"\{a_phrase\}", r"an?\s+(?P<phrase>.+?)")
+    return re.compile(body.replace(r"\{phrase\}", r"(?P<phrase>.+?)"), re.IGNORECASE)
 
 
 _DECLINES = tuple(_decline_pattern(t) for t in _NEGATIVE_A)

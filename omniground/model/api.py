@@ -187,14 +187,15 @@ class OmniGround:
         the image shows as for things it lacks (6% and 4% of each), while the pointer's score tells the two
         apart (AUROC 0.95). Only `rows` (default: all) may be re-asked; `kwargs` go to `chat_batch`."""
         media = media or [None] * len(results)
-        phrases = {i: decline_phrase(results[i].text) for i in (range(len(results)) if rows is None else rows)
-                   if not results[i].boxes and self.checks_declines(media[i])}
-        asked = [i for i, phrase in phrases.items() if phrase]
+        # the text first: telling an image from a clip may open the file (`media_type`), so only for declines
+        phrases = {i: phrase for i in (range(len(results)) if rows is None else rows)
+                   if not results[i].boxes and (phrase := decline_phrase(results[i].text))}
+        asked = [i for i in phrases if self.checks_declines(media[i])]
         if not asked:
             return results
+        prefixes = [self.processor.grounding_answer_prefix("image", phrases[i]) for i in asked]
         again = self.chat_batch([conversations[i] for i in asked], [media[i] for i in asked], check_declines=False,
-                                answer_prefixes=[self.processor.grounding_answer_prefix("image", phrases[i]) for i in asked],
-                                **kwargs)
+                                answer_prefixes=prefixes, **kwargs)
         results = list(results)
         for i, answer in zip(asked, again):
             if any(b.score is not None and b.score >= DECLINE_OVERRULED_AT for b in answer.boxes):

@@ -192,7 +192,7 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
     # A decline in words is checked by the region pointer (`overrule_declines`) where nothing of it was shown
     # (a streamed row holds back what may still become a decline), it was not cancelled, and the answer's
     # start was not given.
-    unshown = [i for i in range(len(rows)) if checkable[i] and not tracker.shown[i] and tracker.finish[i] != "cancelled"]
+    unshown = [i for i, ok in enumerate(checkable) if ok and not tracker.shown[i] and tracker.finish[i] != "cancelled"]
     checked = og.overrule_declines([r.messages for r in rows], [r.media for r in rows], results, unshown,
                                    max_new_tokens=max(r.max_tokens for r in rows), temperature=sampling.temperature,
                                    top_p=sampling.top_p)
