@@ -7,7 +7,7 @@ from micro import audio, labelled_batch, micro_model, turn, video
 from omniground.model import OmniGround
 from omniground.model.api import load
 from omniground.model.modeling_omniground import (SlotEdges, SpanPointer, merge_media_embeddings, span_bins, span_slots,
-                                                 written_since)
+                                                 text_before, written_since)
 
 SPANS = dict(span_pointers=True, time_anchored_queries=True, audio_num_queries=2)  # video 4 slots, audio 2
 CONVS = [turn("<video>\nWhen does it move?", "{0.25,0.75}"),
@@ -200,3 +200,58 @@ def test_a_checkpoint_saved_before_slot_edges_points_as_it_did(tmp_path):
     inputs = _prompts_ending_in_a_span(og)
     assert torch.equal(old.model.generate(**inputs, max_new_tokens=3, do_sample=False),
                        og.model.generate(**inputs, max_new_tokens=3, do_sample=False))
+
+
+def _reread_spans(seed=3):
+    """A span model whose query re-reads the text, its weights random and large enough that what it reads moves
+    the slots' probabilities (`out` starts at zero)."""
+    og = micro_model(**SPANS, span_reread=True)
+    g = torch.Generator().manual_seed(seed)
+    sp = og.model.span_pointer
+    with torch.no_grad():
+        for part, scale in ((sp.reread, 0.3), (sp.query, 1.0)):
+            for p in part.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return og
+
+
+def test_span_reread_starts_as_a_no_op_and_needs_span_pointers():
+    with pytest.raises(ValueError, match="span_reread needs span_pointers"):
+        micro_model(time_anchored_queries=True, span_reread=True)
+    plain, reread = micro_model(**SPANS), micro_model(**SPANS, span_reread=True)
+    with torch.no_grad():
+        plain.model.span_pointer.query[1].weight.normal_(0, 1.0)  # peaked scores, so the rows choose differently
+    missing = reread.model.load_state_dict(plain.model.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("span_pointer.reread.") for k in missing)
+    inputs = _prompts_ending_in_a_span(plain)
+    with torch.no_grad():
+        a, b = (og.model.generate(**inputs, max_new_tokens=2, do_sample=False) for og in (plain, reread))
+    assert a.tolist() == b.tolist()
+
+
+def test_span_reread_reads_the_text_up_to_the_span_in_generation_and_training():
+    og = _reread_spans()
+    m, cfg, sp = og.model, og.model.config, og.model.span_pointer
+    inputs = _prompts_ending_in_a_span(og)  # left-padded: the rows' prompts differ in length
+    with torch.no_grad():
+        out = m.generate(**inputs, max_new_tokens=2, do_sample=False)[:, -2:]
+        confidences = [c["span"] for c in m.pointer_confidences()]
+        media = _media(m, inputs)
+        hidden = _hidden(m, inputs, media)
+        ids = inputs["input_ids"]
+        clip_tokens = torch.tensor([cfg.video_token_id, cfg.audio_token_id])
+        is_text = ~torch.isin(ids, clip_tokens) & inputs["attention_mask"].bool()
+        text, mask = text_before(hidden, is_text, torch.arange(2), torch.full((2,), ids.shape[1] - 1))
+        chosen = []
+        for r, (tid, nq) in enumerate([(cfg.video_token_id, 4), (cfg.audio_token_id, 2)]):
+            ones = torch.ones(nq, dtype=torch.bool)
+            bins, confidence = sp.choose(hidden[r, -1], media[tid][0], ones, cfg.num_location_bins,
+                                         text[r, mask[r]], mask[r, mask[r]])
+            assert out[r].tolist() == [cfg.loc_token_start_id + b for b in bins]
+            assert confidences[r] == [pytest.approx(confidence, rel=1e-4)]
+            chosen.append(sp.choose(hidden[r, -1], media[tid][0], ones, cfg.num_location_bins,
+                                    torch.zeros_like(text[r, :1]), mask[r, :1]))
+    assert [c[1] for c in chosen] != [c[0] for c in confidences]  # what it reads matters
+    loss = m(**labelled_batch(og, CONVS, MEDIA)).loss  # training reads it too
+    loss.backward()
+    assert sp.reread.q.weight.grad.abs().sum() > 0

@@ -163,6 +163,8 @@ class OmniGroundConfig(PreTrainedConfig):
     # A span on a clip is two pointers at its time slots (the time-anchored resampler's output tokens), where
     # it starts and where it ends; the `<loc_k>` tokens written are those slots' times. See SpanPointer.
     span_pointers: bool = False
+    # The span pointer's query also re-reads the text before the span, as `region_reread` does for boxes.
+    span_reread: bool = False
     new_token_start_id: int = -1  # first id added by omniground: these rows of the embeddings always train
     # training
     train_encoders: bool = False  # True only for the from-scratch encoders of the tiny default
@@ -827,18 +829,27 @@ class SpanPointer(nn.Module):
     changes, which no slot shows on its own (held-out R@1 at IoU 0.5 0.73 -> 0.78 when refitted,
     configs/omniground-tiny/README.md). `edges` starts at zero, so checkpoints saved before it point as
     they did.
+
+    With `span_reread`, the query is computed from the span's state after it re-reads the text before it
+    (`TextReread`, as the region pointer's); `logits`, `loss` and `choose` then also take that text and its
+    mask.
     """
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, reread: bool = False):
         super().__init__()
         self.edges = SlotEdges(hidden)
+        self.reread = TextReread(hidden) if reread else None  # `span_reread`
         self.key = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden))
         self.query = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden))
         self.scale = hidden**-0.5
 
-    def logits(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """hidden (M, H) at `<|span|>` tokens, their clips' slots (M, Q, H) and slot mask (M, Q) ->
-        (M, 2, Q) scores of each slot as the first (0) and last (1); padding slots -inf."""
+    def logits(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, *text: torch.Tensor
+               ) -> torch.Tensor:
+        """hidden (M, H) at `<|span|>` tokens, their clips' slots (M, Q, H) and slot mask (M, Q) [, with reread
+        their text so far (M, L, H) and its mask (M, L)] -> (M, 2, Q) scores of each slot as the first (0) and
+        last (1); padding slots -inf."""
+        if self.reread is not None:
+            hidden = self.reread(hidden, *text)
         slots = slots * mask[..., None]  # padding slots are no neighbours
         slots = slots + self.edges(slots)
         q = self.query(hidden).unflatten(-1, (2, -1))  # (M, 2, H)
@@ -846,19 +857,20 @@ class SpanPointer(nn.Module):
         logits = torch.einsum("mch,mqch->mcq", q, k) * self.scale
         return logits.masked_fill(~mask[:, None, :], float("-inf"))
 
-    def loss(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, target: torch.Tensor):
+    def loss(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+             *text: torch.Tensor):
         """Mean over M spans of -log P(first slot) - log P(last slot); target (M, 2) in [0, 1]."""
-        logits = self.logits(hidden, slots, mask).float()
+        logits = self.logits(hidden, slots, mask, *text).float()
         first, last = span_slots(target.float(), mask.sum(1))
         return F.cross_entropy(logits[:, 0], first) + F.cross_entropy(logits[:, 1], last)
 
-    def choose(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, num_bins: int
-               ) -> tuple[list[int], float]:
+    def choose(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, num_bins: int,
+               *text: torch.Tensor) -> tuple[list[int], float]:
         """hidden (H,) at a `<|span|>`, one clip's slots (Q, H) and mask (Q,) -> of the slot pairs first <= last,
         weighted by P(first) P(last), the span of highest expected IoU (`agreed_choice`) as two bins, and its
         confidence: the probability of the pairs whose span agrees with it (IoU >= 0.5), as the forced
-        tokens' own probability is 1."""
-        p = self.logits(hidden[None], slots[None], mask[None])[0].float().softmax(-1)  # (2, Q)
+        tokens' own probability is 1. With reread, `text` is the span's text so far (L, H) and its mask (L,)."""
+        p = self.logits(hidden[None], slots[None], mask[None], *(t[None] for t in text))[0].float().softmax(-1)
         nq = int(mask.sum())
         first, last = torch.triu_indices(nq, nq, device=p.device)  # every pair first <= last
         joint = p[0, first] * p[1, last]
@@ -973,7 +985,9 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             if config.num_location_bins <= 0 or config.location_pointer or not config.time_anchored_queries:
                 raise ValueError("span_pointers needs num_location_bins > 0, time_anchored_queries and no "
                                  "location_pointer")
-            self.span_pointer = SpanPointer(hidden)
+            self.span_pointer = SpanPointer(hidden, config.span_reread)
+        if config.span_reread and self.span_pointer is None:
+            raise ValueError("span_reread needs span_pointers (it is how the span pointer's query reads the text)")
         self._pointing = None  # the current generate() batch's region patches/boxes, clip slots, tokens to force
         self._new_token_hooks: list = []
         self.post_init()
@@ -1223,7 +1237,9 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 has = mask.any(1)[rows]
                 rows, pos, target = rows[has], pos[has], target[has]
                 if len(rows):
-                    loss = loss + self.span_pointer.loss(hidden[rows, pos], slots[rows], mask[rows], target)
+                    text = () if self.span_pointer.reread is None else \
+                        text_before(hidden, self._is_text(input_ids, attention_mask), rows, pos)
+                    loss = loss + self.span_pointer.loss(hidden[rows, pos], slots[rows], mask[rows], target, *text)
         else:
             self._force_pointed_tokens(input_ids, hidden, logits, regions, clips, prefill, attention_mask)
         return self._output(loss, logits, out)
@@ -1256,7 +1272,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
     def _force_pointed_tokens(self, input_ids, hidden, logits, regions, clips, prefill, attention_mask=None) -> None:
         """Generation: where a row is to write a box's / span's location tokens, choose them with the pointer
         and force them (the logits of the row's last position become one-hot), one per step. With
-        `region_reread` the text read so far (each step's hidden states of text tokens) is kept too."""
+        `region_reread` or `span_reread` the text read so far (each step's hidden states of text tokens) is
+        kept too."""
         cfg = self.config
         n, start, b = cfg.num_location_bins, cfg.loc_token_start_id, input_ids.shape[0]
         state = self._pointing
@@ -1266,8 +1283,9 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                                       "pending": [[] for _ in range(b)], "text": [],
                                       "confidences": [{"box": [], "span": []} for _ in range(b)]}
         reread = self.region_pointer is not None and self.region_pointer.reread is not None
-        if reread:  # each step's (B, T, H) states and (B, T) text mask, joined only when a box is chosen
-            state["text"].append((hidden.detach(), self._is_text(input_ids, attention_mask)))
+        span_reread = self.span_pointer is not None and self.span_pointer.reread is not None
+        if reread or span_reread:  # each step's (B, T, H) states and (B, T) text mask, joined when a box / span
+            state["text"].append((hidden.detach(), self._is_text(input_ids, attention_mask)))  # is chosen
         for r in range(b):
             todo = state["pending"][r]
             if not todo:
@@ -1276,11 +1294,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     j = written_since(ids, cfg.box_token_id, start, n, 4)
                     if j is not None:  # about to write coordinate j of a box: choose its patch
                         patches, boxes, _ = state["regions"]
-                        text = ()
-                        if reread:  # the text up to the box (j of its location tokens may follow it)
-                            states, is_text = (torch.cat(parts, 1) for parts in zip(*state["text"]))
-                            at = torch.tensor([states.shape[1] - 1 - j], device=states.device)
-                            text = tuple(t[0] for t in text_before(states, is_text, at.new_tensor([r]), at))
+                        text = self._text_so_far(state["text"], r, j) if reread else ()
                         bins, conf = self.region_pointer.choose(hidden[r, -1 - j], patches[r], boxes[r], n, *text)
                         todo[:] = bins[j:]
                         state["confidences"][r]["box"].append(conf)
@@ -1288,13 +1302,22 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     j = written_since(ids, cfg.span_token_id, start, n, 2)
                     if j is not None:  # about to write time j of a span: choose its slots
                         slots, mask = state["clips"]
-                        bins, conf = self.span_pointer.choose(hidden[r, -1 - j], slots[r], mask[r], n)
+                        text = self._text_so_far(state["text"], r, j) if span_reread else ()
+                        bins, conf = self.span_pointer.choose(hidden[r, -1 - j], slots[r], mask[r], n, *text)
                         todo[:] = bins[j:]
                         state["confidences"][r]["span"].append(conf)
             if todo:
                 forced = torch.full_like(logits[r, -1], float("-inf"))
                 forced[start + todo.pop(0)] = 0.0
                 logits[r, -1] = forced
+
+    @staticmethod
+    def _text_so_far(steps: list[tuple[torch.Tensor, torch.Tensor]], r: int, j: int) -> tuple[torch.Tensor, ...]:
+        """Generation's kept (states, text mask) per step -> row r's text up to its box / span marker, j of
+        whose location tokens may follow it: (L, H) and (L,), what a pointer's reread reads."""
+        states, is_text = (torch.cat(parts, 1) for parts in zip(*steps))
+        at = torch.tensor([states.shape[1] - 1 - j], device=states.device)
+        return tuple(t[0] for t in text_before(states, is_text, at.new_tensor([r]), at))
 
     def pointer_confidences(self) -> list[dict[str, list[float]]] | None:
         """Per row of the last cached generate() call, the confidence of each pointed box and span it wrote,

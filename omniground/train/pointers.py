@@ -40,7 +40,7 @@ HEADS = ("region", "span")
 def recording_pointer_inputs(model):
     """Inside: every pointer loss the model computes also records its (detached) arguments, per head --
     region: (hidden, patches, boxes, target[, text, text mask] with `region_reread`); span: (hidden, slots,
-    mask, target)."""
+    mask, target[, text, text mask] with `span_reread`)."""
     heads = {"region": model.region_pointer, "span": model.span_pointer}
     seen: dict[str, list[tuple[torch.Tensor, ...]]] = {name: [] for name in HEADS}
 
@@ -84,7 +84,7 @@ def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str
 
 
 def cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Tensors alike but for their first dimension and, where they differ (the text `region_reread` reads:
+    """Tensors alike but for their first dimension and, where they differ (the text a reread reads:
     each batch's as long as its longest), later ones -> one, padded at the end with zeros / False.
 
     The list is emptied as it is copied, each part dropped once copied: the refit's recorded inputs (GBs
