@@ -1247,7 +1247,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         return self._output(loss, logits, out)
 
     def _is_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, T) bool: the real tokens that are not media placeholders (what `region_reread` re-reads)."""
+        """(B, T) bool: the real tokens that are not media placeholders (what a pointer's reread re-reads)."""
         cfg = self.config
         media = torch.tensor([cfg.image_token_id, cfg.video_token_id, cfg.audio_token_id], device=input_ids.device)
         is_text = ~torch.isin(input_ids, media)
@@ -1286,8 +1286,9 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                                       "confidences": [{"box": [], "span": []} for _ in range(b)]}
         reread = self.region_pointer is not None and self.region_pointer.reread is not None
         span_reread = self.span_pointer is not None and self.span_pointer.reread is not None
-        if reread or span_reread:  # each step's (B, T, H) states and (B, T) text mask, joined when a box / span
-            state["text"].append((hidden.detach(), self._is_text(input_ids, attention_mask)))  # is chosen
+        # each step's (B, T, H) states and (B, T) text mask, joined only when a box or span is chosen
+        if reread or span_reread:
+            state["text"].append((hidden.detach(), self._is_text(input_ids, attention_mask)))
         for r in range(b):
             todo = state["pending"][r]
             if not todo:

@@ -126,7 +126,7 @@ def absent_as_rec(negatives: list[TrainItem], rec: list[TrainItem]) -> list[Trai
 
 @torch.no_grad()
 def reinitialise(head) -> None:
-    """The head's query and key (and the span pointer's slot edges, the region pointer's presence and text
+    """The head's query and key (and the span pointer's slot edges, the region pointer's presence, either's text
     reread) back to a fresh start; the region pointer's box regressor stays. Why: the refit's result then
     depends on the frozen model alone, not on where stages 1-3 left the head (as in classifier re-training);
     fitted afresh or onward, held out alike."""
