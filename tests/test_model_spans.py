@@ -202,10 +202,10 @@ def test_a_checkpoint_saved_before_slot_edges_points_as_it_did(tmp_path):
                        og.model.generate(**inputs, max_new_tokens=3, do_sample=False))
 
 
-def _reread_spans(seed=3):
-    """A span model whose query re-reads the text, its weights random and large enough that what it reads moves
-    the slots' probabilities (`out` starts at zero)."""
-    og = micro_model(**SPANS, span_reread=True)
+def _reread_spans(seed=3, kinds=True):
+    """A span model whose query re-reads the text (on clips of `kinds`), its weights random and large enough
+    that what it reads moves the slots' probabilities (`out` starts at zero)."""
+    og = micro_model(**SPANS, span_reread=kinds)
     g = torch.Generator().manual_seed(seed)
     sp = og.model.span_pointer
     with torch.no_grad():
@@ -218,6 +218,10 @@ def _reread_spans(seed=3):
 def test_span_reread_starts_as_a_no_op_and_needs_span_pointers():
     with pytest.raises(ValueError, match="span_reread needs span_pointers"):
         micro_model(time_anchored_queries=True, span_reread=True)
+    with pytest.raises(ValueError, match="no media with time"):
+        micro_model(**SPANS, span_reread=["audio", "image"])
+    assert micro_model(**SPANS, span_reread=True).model.config.span_reread == ["video", "audio"]
+    assert micro_model(**SPANS).model.config.span_reread == []
     plain, reread = micro_model(**SPANS), micro_model(**SPANS, span_reread=True)
     with torch.no_grad():
         plain.model.span_pointer.query[1].weight.normal_(0, 1.0)  # peaked scores, so the rows choose differently
@@ -229,8 +233,9 @@ def test_span_reread_starts_as_a_no_op_and_needs_span_pointers():
     assert a.tolist() == b.tolist()
 
 
-def test_span_reread_reads_the_text_up_to_the_span_in_generation_and_training():
-    og = _reread_spans()
+@pytest.mark.parametrize("kinds", [True, ["audio"]])
+def test_span_reread_reads_the_text_up_to_the_span_in_generation_and_training(kinds):
+    og = _reread_spans(kinds=kinds)
     m, cfg, sp = og.model, og.model.config, og.model.span_pointer
     inputs = _prompts_ending_in_a_span(og)  # left-padded: the rows' prompts differ in length
     with torch.no_grad():
@@ -242,16 +247,16 @@ def test_span_reread_reads_the_text_up_to_the_span_in_generation_and_training():
         clip_tokens = torch.tensor([cfg.video_token_id, cfg.audio_token_id])
         is_text = ~torch.isin(ids, clip_tokens) & inputs["attention_mask"].bool()
         text, mask = text_before(hidden, is_text, torch.arange(2), torch.full((2,), ids.shape[1] - 1))
-        chosen = []
-        for r, (tid, nq) in enumerate([(cfg.video_token_id, 4), (cfg.audio_token_id, 2)]):
-            ones = torch.ones(nq, dtype=torch.bool)
+        for r, (kind, tid, nq) in enumerate([("video", cfg.video_token_id, 4), ("audio", cfg.audio_token_id, 2)]):
+            ones, rereads = torch.ones(nq, dtype=torch.bool), torch.tensor(kind in cfg.span_reread)
             bins, confidence = sp.choose(hidden[r, -1], media[tid][0], ones, cfg.num_location_bins,
-                                         text[r, mask[r]], mask[r, mask[r]])
+                                         text[r, mask[r]], mask[r, mask[r]], rereads)
             assert out[r].tolist() == [cfg.loc_token_start_id + b for b in bins]
             assert confidences[r] == [pytest.approx(confidence, rel=1e-4)]
-            chosen.append(sp.choose(hidden[r, -1], media[tid][0], ones, cfg.num_location_bins,
-                                    torch.zeros_like(text[r, :1]), mask[r, :1]))
-    assert [c[1] for c in chosen] != [c[0] for c in confidences]  # what it reads matters
-    loss = m(**labelled_batch(og, CONVS, MEDIA)).loss  # training reads it too
-    loss.backward()
-    assert sp.reread.q.weight.grad.abs().sum() > 0
+            other = sp.choose(hidden[r, -1], media[tid][0], ones, cfg.num_location_bins,
+                              torch.zeros_like(text[r, :1]), mask[r, :1], rereads)[1]
+            assert (other != confidences[r][0]) == (kind in cfg.span_reread)  # what it reads matters where it reads
+    for convs, media, reads in ((CONVS, MEDIA, True), (CONVS[:1], MEDIA[:1], "video" in cfg.span_reread)):
+        sp.zero_grad(set_to_none=True)
+        m(**labelled_batch(og, convs, media)).loss.backward()  # training reads it too, on the same clips
+        assert (sp.reread.q.weight.grad is not None and bool(sp.reread.q.weight.grad.any())) == reads

@@ -28,6 +28,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+TIMED_MEDIA = ("video", "audio")  # the kinds of clip a span is on
 
 # transformers 5.24 renamed the KV cache `past_key_values` -> `cache` (in outputs and forward arguments);
 # omniground runs on both sides of the rename.
@@ -163,9 +164,10 @@ class OmniGroundConfig(PreTrainedConfig):
     # A span on a clip is two pointers at its time slots (the time-anchored resampler's output tokens), where
     # it starts and where it ends; the `<loc_k>` tokens written are those slots' times. See SpanPointer.
     span_pointers: bool = False
-    # The span pointer's query also re-reads the text before the span, as `region_reread` does for boxes (on
-    # omniground-tiny audio spans gained and video ones lost: off there, configs/omniground-tiny/README.md).
-    span_reread: bool = False
+    # The span pointer's query also re-reads the text before the span, as `region_reread` does for boxes, on
+    # clips of the kinds listed ("audio", "video"; true: both). On omniground-tiny, audio spans gained and
+    # video ones lost, so it reads there on audio clips only (configs/omniground-tiny/README.md).
+    span_reread: bool | list = False
     new_token_start_id: int = -1  # first id added by omniground: these rows of the embeddings always train
     # training
     train_encoders: bool = False  # True only for the from-scratch encoders of the tiny default
@@ -180,6 +182,11 @@ class OmniGroundConfig(PreTrainedConfig):
             self.image_std = list(CLIP_STD)
         if self.text_config.tie_word_embeddings:
             self.tie_word_embeddings = True
+        if isinstance(self.span_reread, bool):
+            self.span_reread = list(TIMED_MEDIA) if self.span_reread else []
+        if unknown := set(self.span_reread) - set(TIMED_MEDIA):
+            raise ValueError(f"span_reread: {sorted(unknown)} are no media with time "
+                             f"(those are {', '.join(TIMED_MEDIA)})")
 
     # ---- derived sizes, shared by the model and the processor ----
     @property
@@ -831,10 +838,12 @@ class SpanPointer(nn.Module):
     configs/omniground-tiny/README.md). `edges` starts at zero, so checkpoints saved before it point as
     they did.
 
-    With `span_reread`, the query is computed from the span's state after it re-reads the text before it
-    (`TextReread`, as the region pointer's); `logits`, `loss` and `choose` then also take that text and its
-    mask. Refitted on omniground-tiny, audio R@1 at IoU 0.5 rose 0.79 -> 0.91 (test) and video fell 0.79 -> 0.75
-    (unseen combinations 0.61 -> 0.54), so the shipped model has it off (configs/omniground-tiny/README.md).
+    With `span_reread`, on clips of the kinds it lists, the query is computed from the span's state after it
+    re-reads the text before it (`TextReread`, as the region pointer's); `logits`, `loss` and `choose` then
+    also take that text, its mask and whether each span's clip is of those kinds. Why per kind: refitted on
+    omniground-tiny with it on both, audio R@1 at IoU 0.5 rose 0.79 -> 0.91 (test) and video fell 0.79 -> 0.75
+    (unseen combinations 0.61 -> 0.54); fitted on both with it on audio clips only, video kept its figures
+    (configs/omniground-tiny/README.md).
     """
 
     def __init__(self, hidden: int, reread: bool = False):
@@ -848,10 +857,11 @@ class SpanPointer(nn.Module):
     def logits(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, *text: torch.Tensor
                ) -> torch.Tensor:
         """hidden (M, H) at `<|span|>` tokens, their clips' slots (M, Q, H) and slot mask (M, Q) [, with reread
-        their text so far (M, L, H) and its mask (M, L)] -> (M, 2, Q) scores of each slot as the first (0) and
-        last (1); padding slots -inf."""
+        their text so far (M, L, H), its mask (M, L) and which of the M re-read it (M,)] -> (M, 2, Q) scores of
+        each slot as the first (0) and last (1); padding slots -inf."""
         if self.reread is not None:
-            hidden = self.reread(hidden, *text)
+            text, text_mask, rereads = text
+            hidden = torch.where(rereads[:, None], self.reread(hidden, text, text_mask), hidden)
         slots = slots * mask[..., None]  # padding slots are no neighbours
         slots = slots + self.edges(slots)
         q = self.query(hidden).unflatten(-1, (2, -1))  # (M, 2, H)
@@ -871,7 +881,8 @@ class SpanPointer(nn.Module):
         """hidden (H,) at a `<|span|>`, one clip's slots (Q, H) and mask (Q,) -> of the slot pairs first <= last,
         weighted by P(first) P(last), the span of highest expected IoU (`agreed_choice`) as two bins, and its
         confidence: the probability of the pairs whose span agrees with it (IoU >= 0.5), as the forced
-        tokens' own probability is 1. With reread, `text` is the span's text so far (L, H) and its mask (L,)."""
+        tokens' own probability is 1. With reread, `text` is the span's text so far (L, H), its mask (L,) and
+        whether it re-reads it (a bool tensor)."""
         p = self.logits(hidden[None], slots[None], mask[None], *(t[None] for t in text))[0].float().softmax(-1)
         nq = int(mask.sum())
         first, last = torch.triu_indices(nq, nq, device=p.device)  # every pair first <= last
@@ -987,7 +998,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             if config.num_location_bins <= 0 or config.location_pointer or not config.time_anchored_queries:
                 raise ValueError("span_pointers needs num_location_bins > 0, time_anchored_queries and no "
                                  "location_pointer")
-            self.span_pointer = SpanPointer(hidden, config.span_reread)
+            self.span_pointer = SpanPointer(hidden, bool(config.span_reread))
         if config.span_reread and self.span_pointer is None:
             raise ValueError("span_reread needs span_pointers (it is how the span pointer's query reads the text)")
         self._pointing = None  # the current generate() batch's region patches/boxes, clip slots, tokens to force
@@ -1234,13 +1245,13 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     args = (hidden[rows, pos], patches[rows], boxes[rows], target.to(hidden.dtype), *text)
                     loss = loss + sum(head.loss(*args) for head in self.region_pointer.members())
             if clips is not None:
-                slots, mask = clips
+                slots, mask, rereads = clips
                 rows, pos, target = marked_locations(input_ids, labels, cfg.span_token_id, start, n, 2)
                 has = mask.any(1)[rows]
                 rows, pos, target = rows[has], pos[has], target[has]
                 if len(rows):
                     text = () if self.span_pointer.reread is None else \
-                        text_before(hidden, self._is_text(input_ids, attention_mask), rows, pos)
+                        (*text_before(hidden, self._is_text(input_ids, attention_mask), rows, pos), rereads[rows])
                     loss = loss + self.span_pointer.loss(hidden[rows, pos], slots[rows], mask[rows], target, *text)
         else:
             self._force_pointed_tokens(input_ids, hidden, logits, regions, clips, prefill, attention_mask)
@@ -1253,23 +1264,27 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         is_text = ~torch.isin(input_ids, media)
         return is_text if attention_mask is None else is_text & attention_mask[:, -input_ids.shape[1]:].bool()
 
-    def _clip_slots(self, input_ids, media) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _clip_slots(self, input_ids, media) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Each row's clip as time slots -- its first video, else its first audio: the resampler's outputs
-        (B, Q, H), Q the larger of the two kinds' query counts, and a mask (B, Q) of the real ones (none for
-        a row without a clip). None when the batch has no clip."""
-        found = [(media[tid], first_item_per_row(input_ids, tid, media[tid].shape[1]))
-                 for tid in (self.config.audio_token_id, self.config.video_token_id) if tid in media]
+        (B, Q, H), Q the larger of the two kinds' query counts, a mask (B, Q) of the real ones (none for a row
+        without a clip) and whether the span pointer re-reads the text on it (B,) (`span_reread` lists its
+        kind). None when the batch has no clip."""
+        cfg = self.config
+        found = [(media[tid], first_item_per_row(input_ids, tid, media[tid].shape[1]), kind)
+                 for kind, tid in (("audio", cfg.audio_token_id), ("video", cfg.video_token_id)) if tid in media]
         if not found:
             return None
-        b, nq = input_ids.shape[0], max(feats.shape[1] for feats, _ in found)
+        b, nq = input_ids.shape[0], max(feats.shape[1] for feats, _, _ in found)
         slots = found[0][0].new_zeros(b, nq, found[0][0].shape[-1])
         mask = torch.zeros(b, nq, dtype=torch.bool, device=input_ids.device)
-        for feats, row in found:  # video last: it wins in a row that has both
+        rereads = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        for feats, row, kind in found:  # video last: it wins in a row that has both
             has = row >= 0
             q = feats.shape[1]
             slots[has] = F.pad(feats[row[has]], (0, 0, 0, nq - q))
             mask[has] = torch.arange(nq, device=mask.device) < q
-        return slots, mask
+            rereads[has] = kind in cfg.span_reread
+        return slots, mask, rereads
 
     def _force_pointed_tokens(self, input_ids, hidden, logits, regions, clips, prefill, attention_mask=None) -> None:
         """Generation: where a row is to write a box's / span's location tokens, choose them with the pointer
@@ -1304,8 +1319,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 if not todo and state["clips"] is not None and state["clips"][1][r].any():
                     j = written_since(ids, cfg.span_token_id, start, n, 2)
                     if j is not None:  # about to write time j of a span: choose its slots
-                        slots, mask = state["clips"]
-                        text = self._text_so_far(state["text"], r, j) if span_reread else ()
+                        slots, mask, rereads = state["clips"]
+                        text = (*self._text_so_far(state["text"], r, j), rereads[r]) if span_reread else ()
                         bins, conf = self.span_pointer.choose(hidden[r, -1 - j], slots[r], mask[r], n, *text)
                         todo[:] = bins[j:]
                         state["confidences"][r]["span"].append(conf)

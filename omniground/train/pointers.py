@@ -40,7 +40,7 @@ HEADS = ("region", "span")
 def recording_pointer_inputs(model):
     """Inside: every pointer loss the model computes also records its (detached) arguments, per head --
     region: (hidden, patches, boxes, target[, text, text mask] with `region_reread`); span: (hidden, slots,
-    mask, target[, text, text mask] with `span_reread`)."""
+    mask, target[, text, text mask, whether it re-reads] with `span_reread`)."""
     heads = {"region": model.region_pointer, "span": model.span_pointer}
     seen: dict[str, list[tuple[torch.Tensor, ...]]] = {name: [] for name in HEADS}
 
