@@ -1235,13 +1235,13 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.language_model.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1],
                                                      **kwargs)
+            is_text = self._is_text(input_ids, attention_mask)  # what either pointer's reread re-reads
             if regions is not None:
                 patches, boxes, has = regions
                 rows, pos, target = marked_locations(input_ids, labels, cfg.box_token_id, start, n, 4)
                 rows, pos, target = rows[has[rows]], pos[has[rows]], target[has[rows]]
                 if len(rows):
-                    text = () if self.region_pointer.reread is None else \
-                        text_before(hidden, self._is_text(input_ids, attention_mask), rows, pos)
+                    text = () if self.region_pointer.reread is None else text_before(hidden, is_text, rows, pos)
                     args = (hidden[rows, pos], patches[rows], boxes[rows], target.to(hidden.dtype), *text)
                     loss = loss + sum(head.loss(*args) for head in self.region_pointer.members())
             if clips is not None:
@@ -1251,7 +1251,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 rows, pos, target = rows[has], pos[has], target[has]
                 if len(rows):
                     text = () if self.span_pointer.reread is None else \
-                        (*text_before(hidden, self._is_text(input_ids, attention_mask), rows, pos), rereads[rows])
+                        (*text_before(hidden, is_text, rows, pos), rereads[rows])
                     loss = loss + self.span_pointer.loss(hidden[rows, pos], slots[rows], mask[rows], target, *text)
         else:
             self._force_pointed_tokens(input_ids, hidden, logits, regions, clips, prefill, attention_mask)
