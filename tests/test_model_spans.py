@@ -55,6 +55,36 @@ def test_flag_adds_only_the_span_pointer_and_checks_its_needs():
         micro_model(**SPANS, num_location_bins=0)
 
 
+@pytest.mark.parametrize("kinds", [["video"], ["audio"], True])
+def test_span_key_mlp_reads_the_slots_of_the_kinds_of_clip_it_names(kinds):
+    with pytest.raises(ValueError, match="need span_pointers"):
+        micro_model(time_anchored_queries=True, span_key_mlp=kinds)
+    og = micro_model(**SPANS, span_key_mlp=kinds)
+    m, cfg, sp = og.model, og.model.config, og.model.span_pointer
+    assert [type(x) for x in sp.key_mlp] == [torch.nn.LayerNorm, torch.nn.Linear, torch.nn.GELU, torch.nn.Linear]
+    with torch.no_grad():
+        for p in (*sp.key_mlp.parameters(), *sp.query.parameters()):
+            p.normal_(0, 1.0)  # peaked scores: which key a clip's slots go through shows in what is chosen
+        inputs = _prompts_ending_in_a_span(og)
+        out = m.generate(**inputs, max_new_tokens=2, do_sample=False)[:, -2:]
+        media = _media(m, inputs)
+        hidden = _hidden(m, inputs, media)[:, -1]
+        for r, (kind, tid, nq) in enumerate([("video", cfg.video_token_id, 4), ("audio", cfg.audio_token_id, 2)]):
+            slots, ones, audio = media[tid][0], torch.ones(nq, dtype=torch.bool), torch.tensor(kind == "audio")
+            bins, _ = sp.choose(hidden[r], slots, ones, cfg.num_location_bins, audio)
+            assert out[r].tolist() == [cfg.loc_token_start_id + b for b in bins]
+            logits = sp.logits(hidden[r][None], slots[None], ones[None], audio[None])
+            key, sp.key_mlp = sp.key_mlp, None  # the linear key alone
+            plain = sp.logits(hidden[r][None], slots[None], ones[None], audio[None])
+            sp.key_mlp = key
+            assert (not torch.allclose(logits, plain)) == (kind in cfg.span_key_mlp)
+    for convs, media, kind in ((CONVS[:1], MEDIA[:1], "video"), (CONVS[2:], MEDIA[2:], "audio")):
+        sp.zero_grad(set_to_none=True)
+        m(**labelled_batch(og, convs, media)).loss.backward()  # training goes through the same key
+        grad = sp.key_mlp[1].weight.grad
+        assert (grad is not None and bool(grad.any())) == (kind in cfg.span_key_mlp)
+
+
 def test_span_slots_round_to_the_nearest_slot_edges_and_bins_write_them_back():
     target = torch.tensor([[0.25, 0.75], [0.10, 0.14], [0.0, 1.0], [0.9, 0.95]])
     first, last = span_slots(target, torch.tensor([4, 4, 4, 2]))
@@ -86,7 +116,7 @@ def test_training_loss_adds_the_span_pointer_loss_and_reaches_the_resamplers():
         mask = torch.tensor([[True] * 4, [True, True, False, False], [True, True, False, False]])
         target = (torch.stack([ids[r, p + 1 : p + 3] for r, p in zip(rows, pos)]) - cfg.loc_token_start_id) / (
             cfg.num_location_bins - 1)
-        want = lm_loss + sp.loss(hidden[rows, pos], slots, mask, target)
+        want = lm_loss + sp.loss(hidden[rows, pos], slots, mask, target, torch.tensor([False, True, True]))
     torch.testing.assert_close(out.loss, want, rtol=1e-4, atol=1e-4)
     assert want > lm_loss + 0.5  # the pointer's share is there (about log 4 + log 4 for the video span)
     out.loss.backward()
@@ -110,7 +140,8 @@ def test_generation_writes_the_span_of_the_slots_the_pointer_chooses(tmp_path):
     chosen = []
     for r, (tid, nq) in enumerate([(cfg.video_token_id, 4), (cfg.audio_token_id, 2)]):
         slots = media[tid][0]
-        p = m.span_pointer.logits(hidden[r][None], slots[None], torch.ones(1, nq, dtype=torch.bool))[0].softmax(-1)
+        p = m.span_pointer.logits(hidden[r][None], slots[None], torch.ones(1, nq, dtype=torch.bool),
+                                  torch.tensor([r == 1]))[0].softmax(-1)
         # by hand: of the pairs first <= last, weighted by P(first) * P(last), the one of highest expected IoU
         pairs = [(float(p[0, i].detach() * p[1, j].detach()), i, j) for i in range(nq) for j in range(i, nq)]
         iou = lambda a, b, i, j: max(0, min(b, j) - max(a, i) + 1) / (max(b, j) - min(a, i) + 1)  # noqa: E731
@@ -142,12 +173,13 @@ def test_the_written_span_is_the_one_most_of_the_pointers_probability_agrees_wit
     sp = SpanPointer(4)
     # 8 slots, every span ends at the last; it starts at slot 0 (0.3, the most probable pair), 4, 5 or 6
     first = torch.tensor([0.3, 0, 0, 0, 0.25, 0.25, 0.2, 0])
-    sp.logits = lambda hidden, slots, mask: torch.stack([first, torch.eye(8)[7]])[None].log()
-    bins, confidence = sp.choose(torch.zeros(4), torch.zeros(8, 4), torch.ones(8, dtype=torch.bool), 9)
+    sp.logits = lambda hidden, slots, mask, audio: torch.stack([first, torch.eye(8)[7]])[None].log()
+    no = torch.tensor(False)
+    bins, confidence = sp.choose(torch.zeros(4), torch.zeros(8, 4), torch.ones(8, dtype=torch.bool), 9, no)
     # expected IoU: slots 4-7 0.6875, 5-7 0.683, 0-7 0.569, 6-7 0.55; all four agree with 4-7 at IoU >= 0.5
     assert bins == span_bins(4, 7, 8, 9) == [4, 8] and confidence == pytest.approx(1.0)
     first = torch.tensor([0.7, 0, 0, 0, 0.1, 0.1, 0.1, 0])  # now the whole clip wins
-    assert sp.choose(torch.zeros(4), torch.zeros(8, 4), torch.ones(8, dtype=torch.bool), 9)[0] == [0, 8]
+    assert sp.choose(torch.zeros(4), torch.zeros(8, 4), torch.ones(8, dtype=torch.bool), 9, no)[0] == [0, 8]
 
 
 def test_a_checkpoint_without_span_pointers_gains_fresh_ones_on_load(tmp_path):
@@ -216,12 +248,12 @@ def _reread_spans(seed=3, kinds=True):
 
 
 def test_span_reread_starts_as_a_no_op_and_needs_span_pointers():
-    with pytest.raises(ValueError, match="span_reread needs span_pointers"):
+    with pytest.raises(ValueError, match="span_reread and span_key_mlp need span_pointers"):
         micro_model(time_anchored_queries=True, span_reread=True)
     with pytest.raises(ValueError, match="no media with time"):
         micro_model(**SPANS, span_reread=["audio", "image"])
     assert micro_model(**SPANS, span_reread=True).model.config.span_reread == ["video", "audio"]
-    assert micro_model(**SPANS).model.config.span_reread == []
+    assert micro_model(**SPANS).model.config.span_reread == micro_model(**SPANS).model.config.span_key_mlp == []
     plain, reread = micro_model(**SPANS), micro_model(**SPANS, span_reread=True)
     with torch.no_grad():
         plain.model.span_pointer.query[1].weight.normal_(0, 1.0)  # peaked scores, so the rows choose differently
@@ -248,13 +280,13 @@ def test_span_reread_reads_the_text_up_to_the_span_in_generation_and_training(ki
         is_text = ~torch.isin(ids, clip_tokens) & inputs["attention_mask"].bool()
         text, mask = text_before(hidden, is_text, torch.arange(2), torch.full((2,), ids.shape[1] - 1))
         for r, (kind, tid, nq) in enumerate([("video", cfg.video_token_id, 4), ("audio", cfg.audio_token_id, 2)]):
-            ones, rereads = torch.ones(nq, dtype=torch.bool), torch.tensor(kind in cfg.span_reread)
-            bins, confidence = sp.choose(hidden[r, -1], media[tid][0], ones, cfg.num_location_bins,
-                                         text[r, mask[r]], mask[r, mask[r]], rereads)
+            ones, audio = torch.ones(nq, dtype=torch.bool), torch.tensor(kind == "audio")
+            bins, confidence = sp.choose(hidden[r, -1], media[tid][0], ones, cfg.num_location_bins, audio,
+                                         text[r, mask[r]], mask[r, mask[r]])
             assert out[r].tolist() == [cfg.loc_token_start_id + b for b in bins]
             assert confidences[r] == [pytest.approx(confidence, rel=1e-4)]
-            other = sp.choose(hidden[r, -1], media[tid][0], ones, cfg.num_location_bins,
-                              torch.zeros_like(text[r, :1]), mask[r, :1], rereads)[1]
+            other = sp.choose(hidden[r, -1], media[tid][0], ones, cfg.num_location_bins, audio,
+                              torch.zeros_like(text[r, :1]), mask[r, :1])[1]
             assert (other != confidences[r][0]) == (kind in cfg.span_reread)  # what it reads matters where it reads
     for convs, media, reads in ((CONVS, MEDIA, True), (CONVS[:1], MEDIA[:1], "video" in cfg.span_reread)):
         sp.zero_grad(set_to_none=True)

@@ -223,21 +223,24 @@ def test_the_refit_fits_the_text_reread_with_absent_phrases_too(tmp_path, synth_
     assert back.config.region_reread and back.region_pointer.reread.out.weight.abs().sum() > 0  # fitted, saved
 
 
-def test_the_refit_fits_the_span_reread_on_the_kinds_of_clip_it_names(tmp_path, synth_data, start):
+def test_the_refit_records_each_spans_kind_of_clip_and_fits_the_reread_and_key_mlp(tmp_path, synth_data, start):
     from omniground.model.api import load
     from omniground.train.trainer import build_start_model
 
     data = [{"path": synth_data / "train.jsonl", "tasks": ["video_grounding", "audio_grounding"]}]
     cfg = _config(tmp_path, synth_data, start, train_data=data, eval_data=[],
-                  model={"from_checkpoint": str(start), "config_updates": {"span_reread": ["audio"]}})
+                  model={"from_checkpoint": str(start),
+                         "config_updates": {"span_reread": ["audio"], "span_key_mlp": ["video"]}})
     items = load_sources(cfg.train_data)
-    *_, rereads = read_pointer_inputs(build_start_model(cfg.model), items, 4, Console(quiet=True), "clips")["span"]
+    span = read_pointer_inputs(build_start_model(cfg.model), items, 4, Console(quiet=True), "clips")["span"]
+    on_audio = span[4]  # hidden, slots, mask, target, whether the clip is audio, text, text mask
     audio = sum(len(it.sample.spans) for it in items if it.sample.task == "audio_grounding")
-    assert rereads.dtype == torch.bool and 0 < audio == int(rereads.sum()) < len(rereads)  # on audio clips alone
-    span = refit_pointers(cfg)["heads"]["span"]
-    assert span["loss"]["after"] < span["loss"]["before"]
+    assert on_audio.dtype == torch.bool and 0 < audio == int(on_audio.sum()) < len(on_audio) and len(span) == 7
+    fitted = refit_pointers(cfg)["heads"]["span"]
+    assert fitted["loss"]["after"] < fitted["loss"]["before"]
     back = load(cfg.model_dir).model
-    assert back.config.span_reread == ["audio"] and back.span_pointer.reread.out.weight.abs().sum() > 0
+    assert back.config.span_reread == ["audio"] and back.config.span_key_mlp == ["video"]
+    assert back.span_pointer.reread.out.weight.abs().sum() > 0 and back.span_pointer.key_mlp is not None
 
 
 def test_a_heads_fit_does_not_depend_on_the_other_heads_data(tmp_path, synth_data, start):

@@ -40,7 +40,7 @@ HEADS = ("region", "span")
 def recording_pointer_inputs(model):
     """Inside: every pointer loss the model computes also records its (detached) arguments, per head --
     region: (hidden, patches, boxes, target[, text, text mask] with `region_reread`); span: (hidden, slots,
-    mask, target[, text, text mask, whether it re-reads] with `span_reread`)."""
+    mask, target, whether the clip is audio[, text, text mask] with `span_reread`)."""
     heads = {"region": model.region_pointer, "span": model.span_pointer}
     seen: dict[str, list[tuple[torch.Tensor, ...]]] = {name: [] for name in HEADS}
 
@@ -126,11 +126,11 @@ def absent_as_rec(negatives: list[TrainItem], rec: list[TrainItem]) -> list[Trai
 
 @torch.no_grad()
 def reinitialise(head) -> None:
-    """The head's query and key (and the span pointer's slot edges, the region pointer's presence, either's text
-    reread) back to a fresh start; the region pointer's box regressor stays. Why: the refit's result then
+    """The head's query and key (and the span pointer's slot edges and key MLP, the region pointer's presence,
+    either's text reread) back to a fresh start; the region pointer's box regressor stays. Why: the refit's result then
     depends on the frozen model alone, not on where stages 1-3 left the head (as in classifier re-training);
     fitted afresh or onward, held out alike."""
-    extra = (getattr(head, "edges", None), getattr(head, "absent", None), getattr(head, "reread", None))
+    extra = [getattr(head, name, None) for name in ("edges", "key_mlp", "absent", "reread")]
     parts = [head.key, head.query] + [m for m in extra if m is not None]
     for m in (m for part in parts for m in part.modules()):
         if hasattr(m, "reset_parameters"):
