@@ -849,10 +849,9 @@ class SpanPointer(nn.Module):
     kinds of clip they list.
     With `span_reread`, the query is computed from the span's state after it re-reads the text before it
     (`TextReread`, as the region pointer's); `logits`, `loss` and `choose` then also take that text and its
-    mask. Why per kind: refitted on
-    omniground-tiny with it on both, audio R@1 at IoU 0.5 rose 0.79 -> 0.91 (test) and video fell 0.79 -> 0.75
-    (unseen combinations 0.61 -> 0.54); on audio clips only (shipped), audio rose to 0.88 and video kept its
-    figures (0.785; 0.65 unseen) (configs/omniground-tiny/README.md).
+    mask. Why per kind: refitted on omniground-tiny with it on both, audio R@1 at IoU 0.5 rose 0.79 -> 0.91
+    (test) and video fell 0.79 -> 0.75 (unseen combinations 0.61 -> 0.54); on audio clips only (shipped), audio
+    rose to 0.88 and video kept its figures (0.785; 0.65 unseen) (configs/omniground-tiny/README.md).
 
     With `span_key_mlp`, the key reads the slots through an MLP (`key_mlp`) instead of one linear map. Why:
     with the map the refitted head got its own training video spans right (0.79) no more often than held-out
@@ -892,7 +891,7 @@ class SpanPointer(nn.Module):
     @staticmethod
     def _on(kinds: tuple[str, ...], audio: torch.Tensor) -> torch.Tensor:
         """Which of the clips (`audio`: (M,) audio, else video) are of the `kinds` an option lists."""
-        return audio if kinds == ("audio",) else ~audio if kinds == ("video",) else torch.full_like(audio, bool(kinds))
+        return audio & ("audio" in kinds) | ~audio & ("video" in kinds)
 
     def loss(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
              audio: torch.Tensor, *text: torch.Tensor):
