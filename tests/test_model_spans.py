@@ -182,6 +182,45 @@ def test_the_written_span_is_the_one_most_of_the_pointers_probability_agrees_wit
     assert sp.choose(torch.zeros(4), torch.zeros(8, 4), torch.ones(8, dtype=torch.bool), 9, no)[0] == [0, 8]
 
 
+def test_more_span_heads_answer_together_and_each_trains_on_its_own_loss():
+    with pytest.raises(ValueError, match="span_heads 2: needs span_pointers"):
+        micro_model(time_anchored_queries=True, span_heads=2)
+    with pytest.raises(ValueError, match="span_heads 0"):
+        micro_model(**SPANS, span_heads=0)
+    assert not any(".more." in k for k in micro_model(**SPANS).model.state_dict())  # one head: as before
+    sp = SpanPointer(4, heads=3)
+    assert len(sp.members()) == 3 and not any(m.more for m in sp.more)
+    # 4 slots: the first head puts all on slot 0 alone, the other two on slots 2-3
+    for m, (first, last) in zip(sp.members(), ((0, 0), (2, 3), (2, 3))):
+        m.logits = lambda hidden, slots, mask, audio, f=first, la=last: torch.stack(
+            [torch.eye(4)[f], torch.eye(4)[la]])[None].log()
+    args = (torch.zeros(4), torch.zeros(4, 4), torch.ones(4, dtype=torch.bool), 9, torch.tensor(False))
+    alone = SpanPointer(4)
+    alone.logits = sp.logits
+    assert alone.choose(*args)[0] == span_bins(0, 0, 4, 9)
+    assert sp.choose(*args) == (span_bins(2, 3, 4, 9), pytest.approx(2 / 3))
+
+    og = micro_model(**SPANS, span_heads=2)
+    m = og.model
+    m.set_stage(1)
+    inputs = labelled_batch(og, CONVS, MEDIA)
+    both = m(**inputs).loss
+    sp = m.span_pointer
+    first, second = sp.members()
+    with torch.no_grad():
+        m.span_pointer = None
+        lm = m(**inputs).loss
+        sp.more = torch.nn.ModuleList()
+        m.span_pointer = first
+        with_first = m(**inputs).loss
+        m.span_pointer = second
+        with_second = m(**inputs).loss
+    assert abs(float(with_first - with_second)) > 1e-4  # two heads, two starts
+    torch.testing.assert_close(both, with_first + with_second - lm, rtol=1e-4, atol=1e-4)
+    both.backward()
+    assert second.query[1].weight.grad.abs().sum() > 0
+
+
 def test_a_checkpoint_without_span_pointers_gains_fresh_ones_on_load(tmp_path):
     og = micro_model(time_anchored_queries=True)
     og.save_pretrained(tmp_path)

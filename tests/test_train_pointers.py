@@ -258,20 +258,22 @@ def test_a_heads_fit_does_not_depend_on_the_other_heads_data(tmp_path, synth_dat
     assert not all(torch.equal(heads[0][k], heads[1][k]) for k in region)  # the region head did see more
 
 
-def test_with_more_region_heads_the_refit_fits_each_from_its_own_start(tmp_path, synth_data, start):
+@pytest.mark.parametrize("name, tasks", [("region", ["rec"]), ("span", ["video_grounding", "audio_grounding"])])
+def test_with_more_heads_the_refit_fits_each_from_its_own_start(tmp_path, synth_data, start, name, tasks):
     from omniground.model.api import load
 
-    data = [{"path": synth_data / "train.jsonl", "tasks": ["rec"]}]
+    data = [{"path": synth_data / "train.jsonl", "tasks": tasks}]
     cfg = _config(tmp_path, synth_data, start, steps={}, max_steps=60, train_data=data, eval_data=[],
-                  model={"from_checkpoint": str(start), "config_updates": {"region_heads": 2}})
+                  model={"from_checkpoint": str(start), "config_updates": {f"{name}_heads": 2}})
     summary = refit_pointers(cfg)
-    assert summary["heads"]["region"]["heads"] == 2
-    assert [len([r for r in summary["history"] if r["branch"] == b]) for b in ("region", "region1")] == [60, 60]
+    assert summary["heads"][name]["heads"] == 2
+    assert [len([r for r in summary["history"] if r["branch"] == b]) for b in (name, f"{name}1")] == [60, 60]
     og = load(cfg.model_dir)
-    first, second = og.model.region_pointer.members()
-    examples = read_pointer_inputs(og, load_sources([DataSource(**data[0])]), 8, Console(quiet=True), "t")["region"]
-    fresh = load(start, region_heads=2).model.region_pointer
+    first, second = getattr(og.model, f"{name}_pointer").members()
+    examples = read_pointer_inputs(og, load_sources([DataSource(**data[0])]), 8, Console(quiet=True), "t")[name]
+    fresh = getattr(load(start, **{f"{name}_heads": 2}).model, f"{name}_pointer")
     for fitted in (first, second):  # each fitted, and apart: different starts and batches
         assert mean_loss(fitted, examples) < 0.5 * mean_loss(fresh, examples)
     assert not torch.equal(first.query[1].weight, second.query[1].weight)
-    assert torch.equal(first.box[0].weight, fresh.box[0].weight)  # stage 0's regressor, shared and kept
+    if name == "region":
+        assert torch.equal(first.box[0].weight, fresh.box[0].weight)  # stage 0's regressor, shared and kept

@@ -173,6 +173,9 @@ class OmniGroundConfig(PreTrainedConfig):
     # (true: both): on omniground-tiny one map got video spans right as seldom in training as held out; with
     # the MLP video gained and audio over-fitted, so there it is on video clips only.
     span_key_mlp: bool | list = False
+    # How many span pointer heads (query, key, slot edges, reread, key MLP) answer together, the pairs'
+    # probabilities averaged: fitted apart (the pointer refit), as `region_heads`.
+    span_heads: int = 1
     new_token_start_id: int = -1  # first id added by omniground: these rows of the embeddings always train
     # training
     train_encoders: bool = False  # True only for the from-scratch encoders of the tiny default
@@ -857,9 +860,15 @@ class SpanPointer(nn.Module):
     with the map the refitted head got its own training video spans right (0.79) no more often than held-out
     ones; with an MLP on video clips held-out video rose by 7-12 points (audio, which the reread already lifts,
     over-fitted: off there; configs/omniground-tiny/README.md).
+
+    With `span_heads` K > 1, K - 1 more heads like this one (`more`) answer with it: `choose` averages the K
+    heads' probabilities of each pair first <= last; `loss` is this head's own, and each is trained on it.
+    Why: as for the region pointer's heads, fits from different starts err apart (on omniground-tiny's
+    recorded inputs three averaged beat the average single head by 2 points on audio, 4 on unseen
+    audio, and held video; configs/omniground-tiny/README.md).
     """
 
-    def __init__(self, hidden: int, reread: Sequence[str] = (), key_mlp: Sequence[str] = ()):
+    def __init__(self, hidden: int, reread: Sequence[str] = (), key_mlp: Sequence[str] = (), heads: int = 1):
         super().__init__()
         self.reread_kinds, self.key_mlp_kinds = tuple(reread), tuple(key_mlp)  # kinds of clip
         self.edges = SlotEdges(hidden)
@@ -869,6 +878,11 @@ class SpanPointer(nn.Module):
                                      nn.Linear(hidden, 2 * hidden)) if key_mlp else None  # `span_key_mlp`
         self.query = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden))
         self.scale = hidden**-0.5
+        self.more = nn.ModuleList(SpanPointer(hidden, reread, key_mlp) for _ in range(heads - 1))  # `span_heads`
+
+    def members(self) -> list["SpanPointer"]:
+        """The heads that answer together: this one and `more`."""
+        return [self, *self.more]
 
     def logits(self, hidden: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, audio: torch.Tensor,
                *text: torch.Tensor) -> torch.Tensor:
@@ -906,12 +920,12 @@ class SpanPointer(nn.Module):
         weighted by P(first) P(last), the span of highest expected IoU (`agreed_choice`) as two bins, and its
         confidence: the probability of the pairs whose span agrees with it (IoU >= 0.5), as the forced
         tokens' own probability is 1. `audio`: whether the clip is audio (a bool tensor); with reread, `text` is
-        the span's text so far (L, H) and its mask (L,)."""
-        p = self.logits(hidden[None], slots[None], mask[None], audio[None], *(t[None] for t in text))[0]
-        p = p.float().softmax(-1)
+        the span's text so far (L, H) and its mask (L,). With more heads, each pair's probability averaged."""
+        args = (hidden[None], slots[None], mask[None], audio[None], *(t[None] for t in text))
+        p = torch.stack([m.logits(*args)[0].float().softmax(-1) for m in self.members()])  # (K, 2, Q)
         nq = int(mask.sum())
         first, last = torch.triu_indices(nq, nq, device=p.device)  # every pair first <= last
-        joint = p[0, first] * p[1, last]
+        joint = (p[:, 0, first] * p[:, 1, last]).mean(0)
         # spans [first, last + 1] as boxes of height 1, whose IoU is the spans'
         spans = torch.stack([first, torch.zeros_like(first), last + 1, torch.ones_like(first)], -1).float()
         choice, confidence = agreed_choice(joint, spans)
@@ -1023,9 +1037,11 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             if config.num_location_bins <= 0 or config.location_pointer or not config.time_anchored_queries:
                 raise ValueError("span_pointers needs num_location_bins > 0, time_anchored_queries and no "
                                  "location_pointer")
-            self.span_pointer = SpanPointer(hidden, config.span_reread, config.span_key_mlp)
+            self.span_pointer = SpanPointer(hidden, config.span_reread, config.span_key_mlp, config.span_heads)
         if (config.span_reread or config.span_key_mlp) and self.span_pointer is None:
             raise ValueError("span_reread and span_key_mlp need span_pointers (they are parts of the span pointer)")
+        if config.span_heads != 1 and (self.span_pointer is None or config.span_heads < 1):
+            raise ValueError(f"span_heads {config.span_heads}: needs span_pointers and at least one head")
         self._pointing = None  # the current generate() batch's region patches/boxes, clip slots, tokens to force
         self._new_token_hooks: list = []
         self.post_init()
@@ -1276,8 +1292,8 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 rows, pos, target = rows[has], pos[has], target[has]
                 if len(rows):
                     text = () if self.span_pointer.reread is None else text_before(hidden, is_text, rows, pos)
-                    loss = loss + self.span_pointer.loss(hidden[rows, pos], slots[rows], mask[rows], target,
-                                                         audio[rows], *text)
+                    args = (hidden[rows, pos], slots[rows], mask[rows], target, audio[rows], *text)
+                    loss = loss + sum(head.loss(*args) for head in self.span_pointer.members())
         else:
             self._force_pointed_tokens(input_ids, hidden, logits, regions, clips, prefill, attention_mask)
         return self._output(loss, logits, out)

@@ -12,7 +12,7 @@ after that costs a fraction of a second. This is the classifier re-training of l
 span head also reads clips no earlier stage saw (`extra3`): on the ones stages 1-3 trained on, the frozen
 model's inputs are more telling than on new clips. With `region_presence` the region head also learns
 "nothing here" from the negatives' absent phrases, read as REC answers (`absent_as_rec`); with
-`region_heads` each region head is fitted on its own, from its own start and batches. Like stage 0
+`region_heads` / `span_heads` each head is fitted on its own, from its own start and batches. Like stage 0
 it is short, so it restarts rather than resumes, and runs in one process (on the GPU where there is one).
 """
 
@@ -258,19 +258,20 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
         # only sets that hold absent phrases: one without any has no share to report
         declined_before = {k: d for k, v in sets.items() if (d := declined(model, v)) is not None} \
             if name == "region" and head.absent is not None else {}
-        # `region_heads`: each of the heads that answer together is fitted on its own, from its own start and
-        # draw of batches (seed + i), so that they err apart
-        members = head.members() if name == "region" else [head]
+        # `region_heads` / `span_heads`: each of the heads that answer together is fitted on its own, from its
+        # own start and draw of batches (seed + i), so that they err apart
+        members = head.members()
         steps = cfg.steps.get(name, cfg.max_steps)
         t1 = time.time()
         for i, member in enumerate(members):
             torch.manual_seed(cfg.seed + i)  # the fresh start: not what loading drew for weights a checkpoint lacked
             reinitialise(member)
             member.requires_grad_(True)
-            if name == "region":  # stage 0's box regressor (frozen with the encoders; the first head's) and the
-                for frozen in (member.box, *member.more):  # other heads, fitted in their own turn, stay as they are
-                    if frozen is not None:
-                        frozen.requires_grad_(False)
+            # the other heads, fitted in their own turn, and stage 0's box regressor (frozen with the encoders; the
+            # first region head's) stay as they are
+            for frozen in (*member.more, getattr(member, "box", None)):
+                if frozen is not None:
+                    frozen.requires_grad_(False)
             # each head its own draw of batches: the span head's fit does not move when the region head's data does
             history += fit_head(member, examples, steps, cfg, torch.Generator().manual_seed(cfg.seed + i), console,
                                 name if i == 0 else f"{name}{i}")
@@ -293,7 +294,7 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
     summary = {"stage": "pointers", "samples": len(items), "capture_seconds": capture_seconds, "heads": figures,
                "train_seconds": time.time() - t0, "history": history}
     write_metrics(cfg.output_dir / "metrics.json", summary)
-    branches = dict.fromkeys(r["branch"] for r in history)  # each head's fit, `region_heads`' each
+    branches = dict.fromkeys(r["branch"] for r in history)  # each head's fit, `region_heads`' and `span_heads`' each
     plot_stages(cfg.output_dir / "curve.png",
                 [(f"{b}:", [r for r in history if r["branch"] == b], []) for b in branches],
                 title="pointer refit: each head on the frozen model's inputs")
