@@ -1044,6 +1044,12 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             raise ValueError(f"span_heads {config.span_heads}: needs span_pointers and at least one head")
         self._pointing = None  # the current generate() batch's region patches/boxes, clip slots, tokens to force
         self._new_token_hooks: list = []
+        # Training forwards run every media branch (on a blank input where the batch has none of that media)
+        # and touch every pointer head, adding zero to the loss. Why: FSDP (and ZeRO-3) gathers each sharded
+        # module's weights when it runs, and every process must gather the same ones in the same order; a
+        # process whose batch has no audio would skip the audio encoder's gathers while the others wait in
+        # them. The trainer turns it on under FSDP and DeepSpeed; DDP does not need it.
+        self.every_branch = False
         self.post_init()
         # Sub-models passed in already built keep the attention implementation the config asks for
         # (building OmniGroundConfig around their configs resets it to None: no causal mask at all).
@@ -1065,6 +1071,17 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         self.language_model.set_output_embeddings(value)
 
     # ---- media -> LM-space tokens ----
+    def _blank_media(self, like: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...] | torch.Tensor]:
+        """One input of each kind of media, as the processor gives it (on `like`'s device, in its dtype): a black
+        image, a video of one black frame, one window of silent audio. What `every_branch` runs where a batch
+        has none."""
+        cfg, s = self.config, self.config.image_size
+        one = like.new_ones(1, 1, dtype=torch.float32)
+        return {"image": like.new_zeros(1, 3, s, s),
+                "video": (like.new_zeros(1, 1, 3, s, s), one.bool(), one * 0, one[0]),
+                "audio": (like.new_zeros(1, 1, cfg.num_mel_bins, cfg.audio_frames_per_window), one.bool(), one * 0,
+                          one[0] * cfg.audio_window_seconds)}
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(Ni, 3, S, S) -> (Ni, K_image, H)."""
         return self.project_images(self.vision_tower(pixel_values.to(self.vision_dtype)))
@@ -1138,6 +1155,18 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, H)
             media: dict[int, torch.Tensor] = {}
             image_patches = None
+            blank: list[int] = []  # `every_branch`: the kinds of media this batch lacks, run on blanks
+            if self.every_branch and labels is not None:
+                fill = self._blank_media(inputs_embeds)
+                if pixel_values is None:
+                    pixel_values = fill["image"]
+                    blank.append(self.config.image_token_id)
+                if video_pixel_values is None:
+                    video_pixel_values, video_frame_mask, video_timestamps, video_durations = fill["video"]
+                    blank.append(self.config.video_token_id)
+                if audio_features is None:
+                    audio_features, audio_window_mask, audio_starts, audio_durations = fill["audio"]
+                    blank.append(self.config.audio_token_id)
             if pixel_values is not None:
                 image_patches = self.vision_tower(pixel_values.to(self.vision_dtype))  # (Ni, P, Dv)
                 media[self.config.image_token_id] = self.project_images(image_patches)
@@ -1149,6 +1178,11 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 media[self.config.audio_token_id] = self.encode_audios(
                     audio_features, audio_window_mask, audio_starts, audio_durations
                 )
+            if blank:  # their outputs enter the loss times zero: every branch gets a (zero) gradient
+                idle = sum(media.pop(tid).sum() for tid in blank) * 0.0
+                inputs_embeds = inputs_embeds + idle
+                if self.config.image_token_id in blank:
+                    image_patches = None
             if prefill:
                 for name, tid in (("image", self.config.image_token_id), ("video", self.config.video_token_id),
                                   ("audio", self.config.audio_token_id)):
@@ -1294,6 +1328,9 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     text = () if self.span_pointer.reread is None else text_before(hidden, is_text, rows, pos)
                     args = (hidden[rows, pos], slots[rows], mask[rows], target, audio[rows], *text)
                     loss = loss + sum(head.loss(*args) for head in self.span_pointer.members())
+            if self.every_branch:  # a batch without boxes or spans leaves a head unused: a zero gradient instead
+                heads = (h for h in (self.region_pointer, self.span_pointer) if h is not None)
+                loss = loss + sum(p.sum() for h in heads for p in h.parameters() if p.requires_grad) * 0.0
         else:
             self._force_pointed_tokens(input_ids, hidden, logits, regions, clips, prefill, attention_mask)
         return self._output(loss, logits, out)

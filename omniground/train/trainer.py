@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -107,6 +107,9 @@ class Trainer:
 
         self.og = build_start_model(cfg.model)
         self.processor = self.og.processor
+        # weights sharded across processes (FSDP, DeepSpeed): each process must run what the others run
+        self.sharded = self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        self.og.model.every_branch = self.sharded
         lora = None
         if cfg.lora is not None:
             from peft import LoraConfig
@@ -184,7 +187,8 @@ class Trainer:
         if self.eval_set is None:
             return None
         row: dict[str, Any] = {"step": self.step}
-        if self.accelerator.is_main_process:
+        # with sharded weights every process takes part in each forward (the same data); else the main one alone
+        if self.accelerator.is_main_process or self.sharded:
             model = self.accelerator.unwrap_model(self.model)
             with self.accelerator.autocast():
                 row["eval_loss"] = eval_loss(model, self.eval_set, self.collate, self.cfg.batch_size,
@@ -192,7 +196,8 @@ class Trainer:
                 if self.cfg.eval_generate:
                     row["metrics"] = grounding_metrics(OmniGround(model, self.processor), self.eval_set,
                                                        self.cfg.eval_generate)
-            self.evals.append(row)
+            if self.accelerator.is_main_process:
+                self.evals.append(row)
         self.accelerator.wait_for_everyone()
         return row
 

@@ -1,0 +1,85 @@
+"""FSDP: the shipped accelerate configs say what they launch, and the model trains sharded -- each process
+runs every media branch and pointer head, so processes whose batches hold different media stay in step."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from fsdp_worker import BATCHES, MODEL
+from micro import labelled_batch, micro_model
+from test_train_ddp import _free_port
+
+CONFIGS = Path(__file__).parent.parent / "configs" / "accelerate"
+
+
+def _launch(config: str):
+    args, _, _ = _validate_launch_command(
+        launch_command_parser().parse_args(["--config_file", str(CONFIGS / config), "x.py"]))
+    return args
+
+
+def test_the_shipped_accelerate_configs_launch_fsdp2_and_zero2():
+    fsdp = _launch("fsdp.yaml")
+    assert fsdp.use_fsdp and int(fsdp.fsdp_version) == 2 and fsdp.fsdp_auto_wrap_policy == "TRANSFORMER_BASED_WRAP"
+    assert fsdp.fsdp_state_dict_type == "FULL_STATE_DICT" and fsdp.mixed_precision == "bf16"
+    zero = _launch("zero2.yaml")
+    assert zero.use_deepspeed and int(zero.zero_stage) == 2 and not zero.use_fsdp
+
+
+def test_every_branch_adds_zero_and_gives_the_branches_a_batch_lacks_a_gradient():
+    og = micro_model(**MODEL)
+    m = og.model
+    m.set_stage(2)
+    inputs = labelled_batch(og, *BATCHES[0])  # an image with a box: no video, no audio, no span
+    plain = m(**inputs).loss
+    plain.backward()
+    idle = (m.audio_encoder, m.audio_resampler, m.video_resampler, m.span_pointer)
+    assert all(p.grad is None for part in idle for p in part.parameters())
+    m.zero_grad(set_to_none=True)
+    m.every_branch = True
+    every = m(**inputs).loss
+    assert torch.equal(every, plain)
+    every.backward()
+    assert all(p.grad is not None and not p.grad.any() for part in idle for p in part.parameters() if p.requires_grad)
+    assert m.region_pointer.query[1].weight.grad.any()  # what the batch does use learns as before
+    with torch.no_grad():
+        assert m(**{k: v for k, v in inputs.items() if k != "labels"}).loss is None  # generation: untouched
+
+
+def test_two_processes_with_different_media_train_sharded_as_one_process_on_both_batches(tmp_path):
+    out = tmp_path / "fsdp.pt"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         str(Path(__file__).parent / "fsdp_worker.py"), str(CONFIGS / "fsdp.yaml"), str(out)],
+        check=False, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = torch.load(out)
+    # accelerate sharded the encoders, adapters and decoder layers each on their own
+    assert {"FSDPSmallViT", "FSDPSmallAudioEncoder", "FSDPMediaResampler", "FSDPLlamaDecoderLayer"} <= set(got["units"])
+    # the same two SGD steps in one process, on the mean of the two batches' losses
+    og = micro_model(**MODEL)
+    m = og.model
+    m.set_stage(2)
+    start = {k: v.clone() for k, v in m.state_dict().items()}
+    batches = [labelled_batch(og, *b) for b in BATCHES]
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+    losses = []
+    for _ in range(2):
+        step = [m(**b).loss for b in batches]
+        losses.append([float(x) for x in step])
+        (sum(step) / 2).backward()
+        opt.step()
+        opt.zero_grad()
+    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(losses).T, rtol=0, atol=1e-4)
+    want = m.state_dict()
+    assert set(got["weights"]) == set(want)
+    for k, v in want.items():
+        torch.testing.assert_close(got["weights"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    assert not torch.equal(want["region_pointer.query.1.weight"], start["region_pointer.query.1.weight"])
+    assert not torch.equal(want["span_pointer.query.1.weight"], start["span_pointer.query.1.weight"])
