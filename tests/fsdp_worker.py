@@ -3,7 +3,8 @@ accelerate's own FSDP2 preparation with the settings `accelerate launch --config
 gives, trained two SGD steps on one batch per process -- an image with a box on rank 0, an audio clip with a
 span on rank 1, so each lacks media and a pointer the other uses. Rank 0 writes the gathered weights and losses.
 
-argv: the accelerate config file and the output file. Without `every_branch` the processes' collectives
+argv: the accelerate config file, the output file and the mixed precision ("no" or "bf16", as accelerate
+passes it to FSDP2's policy: bf16 compute, float32 weights). Without `every_branch` the processes' collectives
 differ (gloo: "Is there a distributed collective mismatch in your code?")."""
 
 import os
@@ -31,7 +32,7 @@ def fsdp_plugin(config_file: str) -> FullyShardedDataParallelPlugin:
     return FullyShardedDataParallelPlugin()
 
 
-def main(config_file: str, out: str) -> None:
+def main(config_file: str, out: str, precision: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -41,7 +42,9 @@ def main(config_file: str, out: str) -> None:
     inputs = labelled_batch(og, *BATCHES[rank])
     plugin = fsdp_plugin(config_file)
     assert plugin.fsdp_version == 2
-    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no",
+    if precision != "no":
+        plugin.set_mixed_precision(precision)  # what accelerate's state does with the config's mixed_precision
+    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision=precision,
                                   is_main_process=rank == 0, device=torch.device("cpu"))
     model = fsdp2_prepare_model(accelerator, og.model)
     units = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("FSDP")})
@@ -60,7 +63,10 @@ def main(config_file: str, out: str) -> None:
         torch.save({"weights": weights, "losses": gathered, "units": units}, out)
     dist.barrier()  # neither leaves while the other still talks to it
     dist.destroy_process_group()
+    # gloo work FSDP2 still references can abort the interpreter's finalisation ("terminate called without an
+    # active exception", now and then; pytorch/pytorch#179291): everything is written, so leave without it
+    os._exit(0)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from fsdp_worker import BATCHES, MODEL
@@ -51,11 +52,12 @@ def test_every_branch_adds_zero_and_gives_the_branches_a_batch_lacks_a_gradient(
         assert m(**{k: v for k, v in inputs.items() if k != "labels"}).loss is None  # generation: untouched
 
 
-def test_two_processes_with_different_media_train_sharded_as_one_process_on_both_batches(tmp_path):
+@pytest.mark.parametrize("precision, atol", [("no", 1e-5), ("bf16", 2e-2)])
+def test_two_processes_with_different_media_train_sharded_as_one_process_on_both_batches(tmp_path, precision, atol):
     out = tmp_path / "fsdp.pt"
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-         str(Path(__file__).parent / "fsdp_worker.py"), str(CONFIGS / "fsdp.yaml"), str(out)],
+         str(Path(__file__).parent / "fsdp_worker.py"), str(CONFIGS / "fsdp.yaml"), str(out), precision],
         check=False, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -76,10 +78,11 @@ def test_two_processes_with_different_media_train_sharded_as_one_process_on_both
         (sum(step) / 2).backward()
         opt.step()
         opt.zero_grad()
-    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(losses).T, rtol=0, atol=1e-4)
+    # float32: the same to rounding; bf16 compute (float32 weights, as accelerate sets FSDP2's policy): close
+    torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(losses).T, rtol=0, atol=10 * atol)
     want = m.state_dict()
     assert set(got["weights"]) == set(want)
     for k, v in want.items():
-        torch.testing.assert_close(got["weights"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(got["weights"][k], v, rtol=1e-4, atol=atol, msg=k)
     assert not torch.equal(want["region_pointer.query.1.weight"], start["region_pointer.query.1.weight"])
     assert not torch.equal(want["span_pointer.query.1.weight"], start["span_pointer.query.1.weight"])
