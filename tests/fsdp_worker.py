@@ -3,8 +3,9 @@ accelerate's own FSDP2 preparation with the settings `accelerate launch --config
 gives, trained two SGD steps on one batch per process -- an image with a box on rank 0, an audio clip with a
 span on rank 1, so each lacks media and a pointer the other uses. Rank 0 writes the gathered weights and losses.
 
-argv: the accelerate config file, the output file and the mixed precision ("no" or "bf16", as accelerate
-passes it to FSDP2's policy: bf16 compute, float32 weights). Without `every_branch` the processes' collectives
+argv: the accelerate config file, the output file, the mixed precision ("no" or "bf16", as accelerate
+passes it to FSDP2's policy: bf16 compute, float32 weights) and "lora" to train LoRA adapters on the LM (`LORA`),
+merged before the weights are gathered, as the trainer saves them. Without `every_branch` the processes' collectives
 differ (gloo: "Is there a distributed collective mismatch in your code?")."""
 
 import os
@@ -18,10 +19,12 @@ from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 from accelerate.utils.launch import prepare_multi_gpu_env
 from micro import audio, image, labelled_batch, micro_model, turn
+from peft import LoraConfig
 
 BATCHES = ([turn("<image>\nWhere is the cat?", "the cat[0.100,0.200,0.500,0.600]")], [[image(0)]]), \
           ([turn("<audio>\nWhen is the bell?", "At {0.25,0.75}.")], [[audio()]])
 MODEL = dict(region_boxes=True, span_pointers=True, time_anchored_queries=True, audio_num_queries=2)
+LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
 
 
 def fsdp_plugin(config_file: str) -> FullyShardedDataParallelPlugin:
@@ -32,12 +35,12 @@ def fsdp_plugin(config_file: str) -> FullyShardedDataParallelPlugin:
     return FullyShardedDataParallelPlugin()
 
 
-def main(config_file: str, out: str, precision: str) -> None:
+def main(config_file: str, out: str, precision: str, lora: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     og = micro_model(**MODEL)
-    og.model.set_stage(2)
+    og.model.set_stage(2, lora=LoraConfig(**LORA) if lora == "lora" else None)
     og.model.every_branch = True  # as the trainer sets it under FSDP
     inputs = labelled_batch(og, *BATCHES[rank])
     plugin = fsdp_plugin(config_file)
@@ -53,9 +56,12 @@ def main(config_file: str, out: str, precision: str) -> None:
     for _ in range(2):
         loss = model(**inputs).loss
         loss.backward()  # FSDP averages the processes' gradients
+        og.model.keep_new_row_grads()  # as the trainer does under FSDP: the frozen rows' hooks died in sharding
         opt.step()
         opt.zero_grad()
         losses.append(float(loss))
+    if lora == "lora":
+        og.model.merge_lora()
     weights = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
     gathered = [None, None]
     dist.all_gather_object(gathered, losses)
@@ -69,4 +75,4 @@ def main(config_file: str, out: str, precision: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

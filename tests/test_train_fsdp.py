@@ -1,5 +1,6 @@
 """FSDP: the shipped accelerate configs say what they launch, and the model trains sharded -- each process
-runs every media branch and pointer head, so processes whose batches hold different media stay in step."""
+runs every media branch and pointer head, so processes whose batches hold different media stay in step, and
+the embedding rows a stage freezes stay frozen (their gradient hooks do not survive sharding)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-from fsdp_worker import BATCHES, MODEL
+from fsdp_worker import BATCHES, LORA, MODEL
 from micro import labelled_batch, micro_model
+from peft import LoraConfig
 from test_train_ddp import _free_port
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "accelerate"
@@ -52,12 +54,28 @@ def test_every_branch_adds_zero_and_gives_the_branches_a_batch_lacks_a_gradient(
         assert m(**{k: v for k, v in inputs.items() if k != "labels"}).loss is None  # generation: untouched
 
 
-@pytest.mark.parametrize("precision, atol", [("no", 1e-5), ("bf16", 2e-2)])
-def test_two_processes_with_different_media_train_sharded_as_one_process_on_both_batches(tmp_path, precision, atol):
+def test_keep_new_row_grads_zeroes_the_frozen_rows_as_the_hooks_do():
+    og = micro_model(**MODEL)
+    m = og.model
+    m.set_stage(1)  # the LM frozen but for omniground's added token rows
+    start = m.config.new_token_start_id
+    w = m.get_input_embeddings().weight
+    w.grad = torch.ones_like(w)  # what a backward whose hooks never ran would leave
+    m.keep_new_row_grads()
+    assert not w.grad[:start].any() and bool((w.grad[start:] == 1).all())
+    m.set_stage(2)  # the whole LM trains: nothing to mask
+    w.grad = torch.ones_like(w)
+    m.keep_new_row_grads()
+    assert bool((w.grad == 1).all())
+
+
+@pytest.mark.parametrize("precision, lora, atol", [("no", "-", 1e-5), ("bf16", "-", 2e-2), ("no", "lora", 1e-5)])
+def test_two_processes_with_different_media_train_sharded_as_one_process_on_both_batches(tmp_path, precision, lora,
+                                                                                         atol):
     out = tmp_path / "fsdp.pt"
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-         str(Path(__file__).parent / "fsdp_worker.py"), str(CONFIGS / "fsdp.yaml"), str(out), precision],
+         str(Path(__file__).parent / "fsdp_worker.py"), str(CONFIGS / "fsdp.yaml"), str(out), precision, lora],
         check=False, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -67,7 +85,7 @@ def test_two_processes_with_different_media_train_sharded_as_one_process_on_both
     # the same two SGD steps in one process, on the mean of the two batches' losses
     og = micro_model(**MODEL)
     m = og.model
-    m.set_stage(2)
+    m.set_stage(2, lora=LoraConfig(**LORA) if lora == "lora" else None)
     start = {k: v.clone() for k, v in m.state_dict().items()}
     batches = [labelled_batch(og, *b) for b in BATCHES]
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
@@ -78,6 +96,8 @@ def test_two_processes_with_different_media_train_sharded_as_one_process_on_both
         (sum(step) / 2).backward()
         opt.step()
         opt.zero_grad()
+    if lora == "lora":
+        m.merge_lora()  # as the trainer does before it saves: a plain checkpoint
     # float32: the same to rounding; bf16 compute (float32 weights, as accelerate sets FSDP2's policy): close
     torch.testing.assert_close(torch.tensor(got["losses"]), torch.tensor(losses).T, rtol=0, atol=10 * atol)
     want = m.state_dict()

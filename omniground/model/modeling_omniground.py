@@ -1505,6 +1505,27 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
 
             self._new_token_hooks.append(w.register_hook(keep_new_rows))
 
+    @torch.no_grad()
+    def keep_new_row_grads(self) -> None:
+        """Zero the gradient of the embedding and LM-head rows `set_stage` froze (all but omniground's added ones),
+        as its gradient hooks do. Why: under FSDP the parameters those hooks sit on are replaced by sharded ones
+        and the hooks never run; the trainer calls this after each backward there. Sharded gradients (DTensor)
+        are masked shard by shard."""
+        start = self.config.new_token_start_id
+        if not self._new_token_hooks or start < 0:
+            return
+        for w in {id(m.weight): m.weight for m in (self.get_input_embeddings(), self.get_output_embeddings())
+                  if m}.values():
+            grad = w.grad
+            if grad is None:
+                continue
+            keep = (torch.arange(grad.shape[0], device=grad.device) >= start).to(grad.dtype)[:, None]  # (V, 1)
+            if hasattr(grad, "device_mesh"):  # a DTensor: the mask sharded as the gradient is
+                from torch.distributed.tensor import distribute_tensor
+
+                keep = distribute_tensor(keep, grad.device_mesh, grad.placements)
+            grad.mul_(keep)
+
     def merge_lora(self) -> None:
         """Fold LoRA weights into the LM so the model saves and loads as a plain checkpoint."""
         from peft.tuners.lora import LoraLayer

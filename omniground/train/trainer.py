@@ -250,6 +250,8 @@ class Trainer:
                     with acc.accumulate(self.model):
                         loss = self.model(**batch).loss  # mean over this micro-batch's label tokens
                         acc.backward(loss)
+                        if self.sharded:  # the frozen embedding rows' gradient hooks did not survive sharding
+                            self.og.model.keep_new_row_grads()
                         if acc.sync_gradients and cfg.max_grad_norm:
                             acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
                         self.optimizer.step()
