@@ -67,6 +67,7 @@ def main(config_file: str, out: str, precision: str, lora: str) -> None:
     dist.all_gather_object(gathered, losses)
     if rank == 0:
         torch.save({"weights": weights, "losses": gathered, "units": units}, out)
+        og.model.save_pretrained(out + ".model", state_dict=weights)  # the sharded model saves as the trainer saves it
     dist.barrier()  # neither leaves while the other still talks to it
     dist.destroy_process_group()
     # gloo work FSDP2 still references can abort the interpreter's finalisation ("terminate called without an

@@ -15,6 +15,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from fsdp_worker import BATCHES, LORA, MODEL
 from micro import labelled_batch, micro_model
 from peft import LoraConfig
+from safetensors.torch import load_file
 from test_train_ddp import _free_port
 
 CONFIGS = Path(__file__).parent.parent / "configs" / "accelerate"
@@ -104,5 +105,7 @@ def test_two_processes_with_different_media_train_sharded_as_one_process_on_both
     assert set(got["weights"]) == set(want)
     for k, v in want.items():
         torch.testing.assert_close(got["weights"][k], v, rtol=1e-4, atol=atol, msg=k)
+    saved = load_file(f"{out}.model/model.safetensors")  # save_pretrained on the sharded model, as the trainer does
+    assert set(saved) == set(want) and all(torch.equal(saved[k], got["weights"][k]) for k in saved)
     assert not torch.equal(want["region_pointer.query.1.weight"], start["region_pointer.query.1.weight"])
     assert not torch.equal(want["span_pointer.query.1.weight"], start["span_pointer.query.1.weight"])
