@@ -27,10 +27,15 @@ MODEL = dict(region_boxes=True, span_pointers=True, time_anchored_queries=True, 
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
 
 
+def launch_args(config_file: str):
+    """The settings `accelerate launch --config_file` reads from the file."""
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(["--config_file", config_file, "x.py"]))
+    return args
+
+
 def fsdp_plugin(config_file: str) -> FullyShardedDataParallelPlugin:
     """The plugin accelerate's launcher sets up from the config file (through the environment it hands over)."""
-    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(["--config_file", config_file, "x.py"]))
-    env = prepare_multi_gpu_env(args)
+    env = prepare_multi_gpu_env(launch_args(config_file))
     os.environ.update({k: v for k, v in env.items() if k.startswith(("FSDP_", "ACCELERATE_USE_FSDP"))})
     return FullyShardedDataParallelPlugin()
 

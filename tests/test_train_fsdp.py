@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-from fsdp_worker import BATCHES, LORA, MODEL
+from fsdp_worker import BATCHES, LORA, MODEL, launch_args
 from micro import labelled_batch, micro_model
 from peft import LoraConfig
 from safetensors.torch import load_file
@@ -21,17 +20,11 @@ from test_train_ddp import _free_port
 CONFIGS = Path(__file__).parent.parent / "configs" / "accelerate"
 
 
-def _launch(config: str):
-    args, _, _ = _validate_launch_command(
-        launch_command_parser().parse_args(["--config_file", str(CONFIGS / config), "x.py"]))
-    return args
-
-
 def test_the_shipped_accelerate_configs_launch_fsdp2_and_zero2():
-    fsdp = _launch("fsdp.yaml")
+    fsdp = launch_args(str(CONFIGS / "fsdp.yaml"))
     assert fsdp.use_fsdp and int(fsdp.fsdp_version) == 2 and fsdp.fsdp_auto_wrap_policy == "TRANSFORMER_BASED_WRAP"
     assert fsdp.fsdp_state_dict_type == "FULL_STATE_DICT" and fsdp.mixed_precision == "bf16"
-    zero = _launch("zero2.yaml")
+    zero = launch_args(str(CONFIGS / "zero2.yaml"))
     assert zero.use_deepspeed and int(zero.zero_stage) == 2 and not zero.use_fsdp
 
 

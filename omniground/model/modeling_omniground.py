@@ -1474,13 +1474,18 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 p.requires_grad_("lora_" in n)
         self._train_new_token_rows()
 
+    def _vocab_weights(self) -> list[nn.Parameter]:
+        """The input embeddings' and LM head's weights, once each (one when tied): the rows omniground's tokens add."""
+        return list({id(m.weight): m.weight for m in (self.get_input_embeddings(), self.get_output_embeddings())
+                     if m is not None}.values())
+
     def parameter_groups(self, weight_decay: float = 0.0) -> list[dict]:
         """Trainable parameters as optimizer groups: weight matrices decay; biases, norms and embeddings do not.
 
         Embedding rows frozen by `set_stage` (hooked to zero gradient) must not decay either, or AdamW
         would shrink the pretrained vocabulary while "frozen".
         """
-        embeddings = {id(m.weight) for m in (self.get_input_embeddings(), self.get_output_embeddings()) if m}
+        embeddings = {id(w) for w in self._vocab_weights()}
         decay, no_decay, seen = [], [], set()
         for _, p in self.named_parameters():
             if not p.requires_grad or id(p) in seen:
@@ -1494,8 +1499,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         start = self.config.new_token_start_id
         if start < 0:
             return
-        weights = {id(m.weight): m.weight for m in (self.get_input_embeddings(), self.get_output_embeddings()) if m}
-        for w in weights.values():
+        for w in self._vocab_weights():
             w.requires_grad_(True)
 
             def keep_new_rows(grad, start=start):
@@ -1514,8 +1518,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         start = self.config.new_token_start_id
         if not self._new_token_hooks or start < 0:
             return
-        for w in {id(m.weight): m.weight for m in (self.get_input_embeddings(), self.get_output_embeddings())
-                  if m}.values():
+        for w in self._vocab_weights():
             grad = w.grad
             if grad is None:
                 continue
@@ -1547,8 +1550,7 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         n, start = self.config.num_location_bins, self.config.loc_token_start_id
         if n <= 0 or start < 0:
             return
-        for emb in {id(m.weight): m.weight for m in (self.get_input_embeddings(), self.get_output_embeddings())
-                    if m is not None}.values():
+        for emb in self._vocab_weights():
             dim = emb.shape[1]
             pos = torch.linspace(0, 1, n)[:, None] * (n - 1)  # (n, 1) bin index
             freqs = torch.exp(-math.log(4 * n) * torch.arange(dim // 2) / max(1, dim // 2 - 1))  # (dim/2,)
