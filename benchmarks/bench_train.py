@@ -1,6 +1,7 @@
 """Training throughput (samples/s) of each stage of the omniground-tiny recipe on this machine.
 
     python benchmarks/bench_train.py [--steps 8] [--threads 1] [--every-branch] [--stages 0 1 2 3 pointers]
+        [--model configs/omniground-small/stage0.yaml]
 
 Runs a few optimizer steps of each stage's config (configs/omniground-tiny/stage{0,1,2,3}.yaml) from a
 fresh tiny model (encoders frozen after stage 0, as in the recipe), on the generated data those configs
@@ -9,6 +10,9 @@ and is not counted. Prints one line per stage (stage 0: per branch, items = imag
 then the pointer refit (configs/omniground-tiny/pointers.yaml) on the shipped model: how fast it reads
 samples through the frozen model, and how fast each head then fits. `--every-branch` runs stages 1-3 as under
 FSDP / DeepSpeed (every media branch and pointer head on every step, `every_branch`): what that costs.
+`--model` takes stage 0 and the starting model from another stage-0 config: omniground-small's (SmolLM2-135M
++ Whisper base, from PyPI packages) gives the bigger variant's figures beside the tiny one's (no pointer
+refit: it needs a trained model).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ def main() -> None:
     ap.add_argument("--configs", type=Path, default=Path("configs/omniground-tiny"))
     ap.add_argument("--every-branch", action="store_true", help="stages 1-3 as the trainer runs them under FSDP")
     ap.add_argument("--stages", nargs="+", default=["0", "1", "2", "3", "pointers"])
+    ap.add_argument("--model", type=Path, help="stage-0 config to start from (default: <configs>/stage0.yaml)")
     args = ap.parse_args()
+    stage0_path = args.model or args.configs / "stage0.yaml"
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     from rich.console import Console
@@ -41,13 +47,13 @@ def main() -> None:
 
     quiet = Console(quiet=True)
     print(f"torch {torch.__version__}, {args.threads} thread(s), cuda={torch.cuda.is_available()}")
-    stage0 = load_config(args.configs / "stage0.yaml")
+    stage0 = load_config(stage0_path)
     train_path = str(stage0.train_data[0].path)  # the generated training set, for stage 0 and the refit
     if "0" in args.stages:
         with tempfile.TemporaryDirectory() as tmp:
             data = [{"path": train_path, "tasks": ["rec"], "limit": 640},
                     {"path": train_path, "tasks": ["audio_grounding"], "limit": 200}]
-            cfg = load_config(args.configs / "stage0.yaml", {"output_dir": tmp, "max_steps": args.steps + 1,
+            cfg = load_config(stage0_path, {"output_dir": tmp, "max_steps": args.steps + 1,
                                                              "steps": {}, "eval_data": [], "train_data": data,
                                                              "num_threads": args.threads})
             history = pretrain_encoders(cfg, console=quiet)["history"]
@@ -64,9 +70,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = load_config(path, {"output_dir": tmp, "max_steps": args.steps + 1, "eval_data": [], "eval_every": 0,
                                      "save_every": 0, "num_threads": args.threads})
-            tiny = {**stage0.model.tiny, "train_encoders": not stage0.freeze_after}
-            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"from_checkpoint": None,
-                                                                                   "tiny": tiny})})
+            init = {k: getattr(stage0.model, k) for k in ("tiny", "backbones")}
+            kind = "tiny" if init["tiny"] is not None else "backbones"
+            init[kind] = {**init[kind], "train_encoders": not stage0.freeze_after}
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"from_checkpoint": None, **init})})
             trainer = Trainer(cfg, console=quiet)
             trainer.og.model.every_branch = args.every_branch or trainer.sharded
             trainer.train(stop_after=1)  # warm-up: first batch, allocator, media cache
@@ -81,7 +88,7 @@ def main() -> None:
                   f"samples{every}, {dt / args.steps:.2f} s/step; {n / cpu:.2f} samples per CPU-second, "
                   f"{trainable:.2f}M trainable, {len(trainer.train_set)} samples)")
     # the pointer refit, on the shipped model: one forward pass over the data, then many cheap head steps
-    if "pointers" in args.stages:
+    if "pointers" in args.stages and stage0.model.tiny is not None:
         with tempfile.TemporaryDirectory() as tmp:
             data = [{"path": train_path, "tasks": ["rec"], "limit": 256},
                     {"path": train_path, "tasks": ["video_grounding", "audio_grounding"], "limit": 128}]

