@@ -105,8 +105,11 @@ def test_packaged_whisper_converts_once_and_runs_on_short_windows(whisper, tmp_p
 
     monkeypatch.setattr(packaged, "_convert_whisper_base", no_second_conversion)
     assert packaged.backbone_path("packaged:whisper-base") == str(tmp_path / "cache" / "backbones" / "whisper-base")
-    with pytest.raises(ValueError, match="multiple of 0.02 s, at most 1"):
-        from_backbones(str(tmp_path / "lm"), audio_model="packaged:whisper-base", audio_window_seconds=1.5)
+    for bad in (1.5, 0.51):
+        with pytest.raises(UserError, match="multiple of 0.02 s, at most 1"):
+            from_backbones(str(tmp_path / "lm"), audio_model="packaged:whisper-base", audio_window_seconds=bad)
+    og = from_backbones(str(tmp_path / "lm"), audio_model="packaged:whisper-base", audio_window_seconds=0.58, **small)
+    assert og.model.audio_encoder.encoder.embed_positions.num_embeddings == 29  # 0.58 * 50 is 28.999999999999996
 
 
 def test_packaged_names_fail_in_one_line(tmp_path, monkeypatch):

@@ -148,11 +148,12 @@ def _shorten_whisper(encoder, window_seconds: float) -> None:
 
     Whisper reads 100 mel frames a second and halves them once; its positions cover 1500 steps.
     """
-    steps = window_seconds * 50
-    if steps != int(steps) or not 0 < steps <= encoder.config.max_source_positions:
+    steps = round(window_seconds * 50)
+    if abs(steps - window_seconds * 50) > 1e-6 or not 0 < steps <= encoder.config.max_source_positions:
+        from omniground.errors import UserError
+
         full = 2 * encoder.config.max_source_positions / 100
-        raise ValueError(f"audio_window_seconds {window_seconds:g} must be a multiple of 0.02 s, at most {full:g}")
-    steps = int(steps)
+        raise UserError(f"audio_window_seconds {window_seconds:g} must be a multiple of 0.02 s, at most {full:g}")
     if steps == encoder.config.max_source_positions:
         return
     positions = encoder.embed_positions  # shrunk in place: a new module would be re-initialised as unloaded
