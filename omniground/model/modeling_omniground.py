@@ -361,13 +361,16 @@ class AudioEncoder(nn.Module):
         self.num_calls = 0
         self.num_items = 0
 
+    def frames(self, input_features: torch.Tensor) -> torch.Tensor:
+        """Log-mel windows (B, n_mels, T) -> the encoder's frames (B, T / 2, Da), 20 ms each."""
+        if isinstance(self.encoder, SmallAudioEncoder):
+            return self.encoder(input_features)
+        return self.encoder(input_features=input_features).last_hidden_state
+
     def forward(self, input_features: torch.Tensor) -> torch.Tensor:
         self.num_calls += 1
         self.num_items += input_features.shape[0]
-        if isinstance(self.encoder, SmallAudioEncoder):
-            hidden = self.encoder(input_features)  # (B, T', Da)
-        else:
-            hidden = self.encoder(input_features=input_features).last_hidden_state  # (B, T', Da)
+        hidden = self.frames(input_features)  # (B, T', Da)
         pooled = F.adaptive_avg_pool1d(hidden.transpose(1, 2), self.tokens_per_window)  # (B, Da, k)
         return pooled.transpose(1, 2)  # (B, k, Da)
 
