@@ -17,6 +17,7 @@ the run then ends exactly as an uninterrupted one would (tested).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -38,6 +39,18 @@ from omniground.train.evaluate import eval_loss, grounding_metrics
 from omniground.train.report import plot_curves, write_metrics
 
 STATE_FILE = "trainer_state.json"
+
+
+class _TiedWeightsSaved(logging.Filter):
+    """Drops accelerate's "Removed shared tensor ... check ... that you don't receive any warning while
+    reloading" on each checkpoint: a tied LM head (tiny, SmolLM2) is stored once, as safetensors must, and
+    loading restores it into the tied weight (tests/test_train.py: resume equals uninterrupted)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsSaved())
 
 
 def build_start_model(init: ModelInit) -> OmniGround:
