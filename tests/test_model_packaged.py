@@ -124,3 +124,23 @@ def test_packaged_names_fail_in_one_line(tmp_path, monkeypatch):
             packaged.backbone_path(f"packaged:{name}")
         assert "\n" not in str(e.value)
         assert not list((tmp_path / "backbones").iterdir())  # nothing half-written left behind
+
+
+def test_a_conversion_lands_whole_and_the_first_of_two_processes_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNIGROUND_CACHE", str(tmp_path))
+    out = tmp_path / "backbones" / "whisper-base"
+
+    def converts(folder, rival=False):
+        (folder / "config.json").write_text("ours")
+        if rival:  # another rank finished while this one converted
+            out.mkdir()
+            (out / "config.json").write_text("theirs")
+
+    monkeypatch.setattr(packaged, "_convert_whisper_base", lambda folder: converts(folder, rival=True))
+    assert packaged.backbone_path("packaged:whisper-base") == str(out)
+    assert (out / "config.json").read_text() == "theirs"
+    assert [p.name for p in out.parent.iterdir()] == ["whisper-base"]  # this rank's copy is gone
+    (out / "config.json").unlink()  # a leftover without a config is converted again, in place
+    monkeypatch.setattr(packaged, "_convert_whisper_base", converts)
+    packaged.backbone_path("packaged:whisper-base")
+    assert (out / "config.json").read_text() == "ours" and [p.name for p in out.parent.iterdir()] == ["whisper-base"]

@@ -46,16 +46,19 @@ def backbone_path(name: str | None) -> str | None:
         raise UserError(f"unknown packaged backbone {key!r} (known: {', '.join(sorted(PACKAGES))})")
     out = cache_root() / key
     if not (out / "config.json").exists():
-        tmp = out.with_name(out.name + ".partial")
+        # each process converts into its own folder and renames it into place whole: under `accelerate launch`
+        # every rank gets here at once; the first rename wins, the others drop their copy
+        tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             {"smollm2-135m-instruct": _convert_smollm2, "whisper-base": _convert_whisper_base}[key](tmp)
-        except BaseException:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "config.json").exists():
+                raise
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)  # a killed conversion leaves only `.partial`, never a half-written checkpoint
     return str(out)
 
 
