@@ -160,27 +160,20 @@ def ct2_whisper_to_hf(ct2: dict[str, np.ndarray]) -> tuple[dict, dict[str, torch
         put(f"model.encoder.{conv}.weight", ct2[f"encoder/{conv}/weight"])
         put(f"model.encoder.{conv}.bias", ct2[f"encoder/{conv}/bias"])
     put("model.encoder.embed_positions.weight", ct2["encoder/position_encodings/encodings"])
-    norm("model.encoder.layer_norm", "encoder/layer_norm")
-    for i in layers("encoder"):
-        hf, ct = f"model.encoder.layers.{i}", f"encoder/layer_{i}"
-        linear(f"{hf}.self_attn.", f"{ct}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{hf}.self_attn.out_proj", f"{ct}/self_attention/linear_1")
-        norm(f"{hf}.self_attn_layer_norm", f"{ct}/self_attention/layer_norm")
     put("model.decoder.embed_tokens.weight", ct2["decoder/embeddings/weight"])
     put("model.decoder.embed_positions.weight", ct2["decoder/position_encodings/encodings"])
-    norm("model.decoder.layer_norm", "decoder/layer_norm")
-    for i in layers("decoder"):
-        hf, ct = f"model.decoder.layers.{i}", f"decoder/layer_{i}"
-        linear(f"{hf}.self_attn.", f"{ct}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-        linear(f"{hf}.self_attn.out_proj", f"{ct}/self_attention/linear_1")
-        norm(f"{hf}.self_attn_layer_norm", f"{ct}/self_attention/layer_norm")
-        linear(f"{hf}.encoder_attn.q_proj", f"{ct}/attention/linear_0")
-        linear(f"{hf}.encoder_attn.", f"{ct}/attention/linear_1", ("k_proj", "v_proj"))
-        linear(f"{hf}.encoder_attn.out_proj", f"{ct}/attention/linear_2")
-        norm(f"{hf}.encoder_attn_layer_norm", f"{ct}/attention/layer_norm")
     for side in ("encoder", "decoder"):
+        norm(f"model.{side}.layer_norm", f"{side}/layer_norm")
         for i in layers(side):
             hf, ct = f"model.{side}.layers.{i}", f"{side}/layer_{i}"
+            linear(f"{hf}.self_attn.", f"{ct}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
+            linear(f"{hf}.self_attn.out_proj", f"{ct}/self_attention/linear_1")
+            norm(f"{hf}.self_attn_layer_norm", f"{ct}/self_attention/layer_norm")
+            if side == "decoder":  # cross-attention on the encoder's output: q apart, k and v fused
+                linear(f"{hf}.encoder_attn.q_proj", f"{ct}/attention/linear_0")
+                linear(f"{hf}.encoder_attn.", f"{ct}/attention/linear_1", ("k_proj", "v_proj"))
+                linear(f"{hf}.encoder_attn.out_proj", f"{ct}/attention/linear_2")
+                norm(f"{hf}.encoder_attn_layer_norm", f"{ct}/attention/layer_norm")
             linear(f"{hf}.fc1", f"{ct}/ffn/linear_0")
             linear(f"{hf}.fc2", f"{ct}/ffn/linear_1")
             norm(f"{hf}.final_layer_norm", f"{ct}/ffn/layer_norm")
