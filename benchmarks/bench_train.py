@@ -53,9 +53,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             data = [{"path": train_path, "tasks": ["rec"], "limit": 640},
                     {"path": train_path, "tasks": ["audio_grounding"], "limit": 200}]
-            cfg = load_config(stage0_path, {"output_dir": tmp, "max_steps": args.steps + 1,
-                                                             "steps": {}, "eval_data": [], "train_data": data,
-                                                             "num_threads": args.threads})
+            cfg = load_config(stage0_path, {"output_dir": tmp, "max_steps": args.steps + 1, "steps": {},
+                                            "eval_data": [], "train_data": data, "num_threads": args.threads})
             history = pretrain_encoders(cfg, console=quiet)["history"]
             for branch in dict.fromkeys(r["branch"] for r in history):
                 rows = [r for r in history if r["branch"] == branch]
