@@ -1,6 +1,6 @@
 """What a frozen audio encoder's frames already tell: a linear probe of which sounds are on at each 20 ms.
 
-    python benchmarks/bench_audio_probe.py [--clips 300] [--val-clips 100] [--threads 2]
+    python benchmarks/bench_audio_probe.py [--clips 600] [--val-clips 100] [--threads 2]
 
 The labels are stage 0's (omniground.train.encoders.frame_targets: every sound and spoken phrase of the
 generated clips, per encoder frame). One linear layer is fitted on the frames of training clips and scored on
@@ -54,7 +54,7 @@ def probe(train_x, train_y, val_x, val_y, epochs: int = 30, seed: int = 0) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=int, default=300, help="training clips")
+    ap.add_argument("--clips", type=int, default=600, help="training clips")
     ap.add_argument("--val-clips", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default="runs/data/synth")
@@ -94,8 +94,9 @@ def main() -> None:
         tx, vx = encode(encoder, train.windows), encode(encoder, val.windows)
         dt = time.perf_counter() - t0
         m = probe(tx, train.targets, vx, val.targets)
-        print(f"{name:13s} frames {tx.shape[-1]:4d}-d: held-out precision {m['precision']:.3f} recall {m['recall']:.3f} "
-              f"F1 {m['f1']:.3f}  ({len(train)} training windows of {len(train_items)} clips, {len(val)} held-out, "
+        print(f"{name:13s} frames {tx.shape[-1]:4d}-d: held-out precision {m['precision']:.3f} "
+              f"recall {m['recall']:.3f} F1 {m['f1']:.3f}  ({len(train)} training windows of {len(train_items)} "
+              f"clips, {len(val)} held-out, "
               f"{len(train.vocab)} labels; encoding {dt:.0f} s)")
 
 
