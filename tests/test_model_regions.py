@@ -399,3 +399,32 @@ def test_a_decline_in_words_is_re_asked_and_overruled_only_where_the_pointer_fin
     assert og.overrule_declines(convs, media, declined, rows=[2, 3], **kw) == declined  # rows not allowed
     plain = micro_model(region_boxes=True)  # no "nothing here": a box's score says nothing of presence
     assert plain.overrule_declines(convs, media, declined, **kw) == declined
+
+
+def test_an_answer_given_its_start_that_writes_no_box_is_asked_for_it():
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from omniground.model.api import ChatResult
+
+    og = micro_model(region_boxes=True)
+    box_id = og.model.config.box_token_id
+
+    class NoBoxWritten(LogitsProcessor):  # the LM trails off instead of writing its box
+        def __call__(self, input_ids, scores):
+            scores[:, box_id] = float("-inf")
+            return scores
+
+    question = [{"role": "user", "content": "<image>\nWhere is the cat?"}]
+    kw = dict(max_new_tokens=4, logits_processor=LogitsProcessorList([NoBoxWritten()]))  # the box: 4 tokens
+    with torch.no_grad():
+        first = og.chat_batch([question], [[image(0)]], answer_prefixes=["The cat"], check_declines=False, **kw)[0]
+        answer = og.chat_batch([question], [[image(0)]], answer_prefixes=["The cat"], **kw)[0]
+    assert not first.boxes and first.text.startswith("The cat")
+    # re-asked as "The cat<|box|>": the pointer places the box, scored as any pointed box
+    assert answer.text.startswith("The cat[") and len(answer.boxes) == 1 and 0 <= answer.boxes[0].score <= 1
+    assert answer.overruled == first.text
+    boxed = ChatResult("The cat[0.1,0.2,0.3,0.4]", [answer.boxes[0]])
+    kept = [first, first, boxed]  # not started; started on audio; a box written
+    with torch.no_grad():
+        assert og.box_after_start([question] * 3, [[image(0)], [audio()], [image(0)]], kept,
+                                  [None, "The cat", "The cat"], **kw) == kept

@@ -93,3 +93,24 @@ def test_a_decline_is_checked_unless_its_start_was_given_and_a_streamed_one_is_h
     [answer] = run_batch(og, [image_row(og, on_text=pieces.append)])
     assert len(pieces) > 2 and "".join(pieces) == answer.text == "The red cat sits on the mat."
     assert pieces[0].startswith("The ") and len(pieces[0].strip()) > 3
+
+
+def test_an_answer_given_its_start_that_writes_no_box_is_asked_for_it(monkeypatch):
+    from omniground.grounding import Box
+    from omniground.model.api import ChatResult
+
+    og = ScriptedOmniGround("is a cat.")
+    seen = {}
+
+    def asked(conversations, media, results, answer_prefixes, **kwargs):  # stands for the re-ask with <|box|>
+        seen["starts"] = answer_prefixes
+        return [ChatResult("The cat[0.100,0.200,0.300,0.400].", [Box(0.1, 0.2, 0.3, 0.4, score=0.9)], num_tokens=6,
+                           overruled=r.text) if start else r for r, start in zip(results, answer_prefixes)]
+
+    monkeypatch.setattr(og, "box_after_start", asked)
+    prefixed, plain = image_row(og, answer_prefix="The cat"), image_row(og)
+    a, b = run_batch(og, [prefixed, plain])
+    assert seen["starts"] == ["The cat", None]
+    assert (a.text, len(a.boxes), a.boxes[0].score, a.completion_tokens) == ("The cat[0.100,0.200,0.300,0.400].", 1,
+                                                                             0.9, 6)
+    assert b.text == "is a cat." and not b.boxes

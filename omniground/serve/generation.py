@@ -196,6 +196,11 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
     checked = og.overrule_declines([r.messages for r in rows], [r.media for r in rows], results, unshown,
                                    max_new_tokens=max(r.max_tokens for r in rows), temperature=sampling.temperature,
                                    top_p=sampling.top_p)
+    # An answer given its start (not streamed: a grounding query's) that wrote no box is asked for its box.
+    starts = [None if tracker.finish[i] == "cancelled" else r.answer_prefix for i, r in enumerate(rows)]
+    checked = og.box_after_start([r.messages for r in rows], [r.media for r in rows], checked, starts,
+                                 max_new_tokens=max(r.max_tokens for r in rows), temperature=sampling.temperature,
+                                 top_p=sampling.top_p)
     answers = []
     for i, (row, result) in enumerate(zip(rows, checked)):
         text = result.text
@@ -208,7 +213,7 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
         nb, ns = len(kept.boxes), len(kept.spans)
         finish = tracker.finish[i] or ("length" if len(tracker.ids[i]) >= row.max_tokens else "stop")
         tokens = len(tracker.ids[i])
-        if result.overruled:  # the re-asked answer replaced the decline
+        if result.overruled:  # the re-asked answer replaced the LM's first
             finish, tokens = result.finish_reason, result.num_tokens
         answer = Answer(
             text=text, finish_reason=finish, prompt_tokens=tracker.prompt_tokens[i],
