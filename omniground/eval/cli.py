@@ -122,7 +122,8 @@ def run(
     check_declines: bool = typer.Option(
         True, help="--model only: an image answer that declines in words is re-asked with the phrase it declined "
                    "given, and the box kept where the region pointer finds the thing (as `omniground serve` "
-                   "answers); --no-check-declines scores the LM's words alone."),
+                   "answers); with --answer-start, one that writes no box is asked for it; --no-check-declines "
+                   "scores the LM's words alone."),
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N samples."),
     task: Optional[List[str]] = typer.Option(None, "--task", help="Only samples of this task (repeatable): rec, ..."),
     batch_size: int = typer.Option(8, min=1),
