@@ -144,7 +144,7 @@ def test_an_answer_prefix_is_prefilled_and_continued(og):
     assert og.processor.grounding_answer_prefix("image", "the dog") == "The dog"
     assert og.processor.grounding_answer_prefix("image", "A red car ") == "The red car"
     assert og.processor.grounding_answer_prefix("image", "bell at the left") == "The bell at the left"
-    assert og.processor.grounding_answer_prefix("audio", "a bell") is None
+    assert og.processor.grounding_answer_prefix("audio", "a bell") == ""  # nothing given, still a grounding answer
 
 
 def test_load_finds_checkpoints_and_explains_what_is_missing(og, tmp_path, monkeypatch):

@@ -401,30 +401,37 @@ def test_a_decline_in_words_is_re_asked_and_overruled_only_where_the_pointer_fin
     assert plain.overrule_declines(convs, media, declined, **kw) == declined
 
 
-def test_an_answer_given_its_start_that_writes_no_box_is_asked_for_it():
+def test_a_grounding_answer_that_writes_no_box_or_span_is_asked_for_it():
     from transformers import LogitsProcessor, LogitsProcessorList
 
     from omniground.model.api import ChatResult
 
-    og = micro_model(region_boxes=True)
-    box_id = og.model.config.box_token_id
+    og = micro_model(region_boxes=True, span_pointers=True, time_anchored_queries=True)
+    markers = [og.model.config.box_token_id, og.model.config.span_token_id]
 
-    class NoBoxWritten(LogitsProcessor):  # the LM trails off instead of writing its box
+    class NoMarkerWritten(LogitsProcessor):  # the LM trails off instead of writing its box or span
         def __call__(self, input_ids, scores):
-            scores[:, box_id] = float("-inf")
+            scores[:, markers] = float("-inf")
             return scores
 
-    question = [{"role": "user", "content": "<image>\nWhere is the cat?"}]
-    kw = dict(max_new_tokens=4, logits_processor=LogitsProcessorList([NoBoxWritten()]))  # the box: 4 tokens
+    on_image = [{"role": "user", "content": "<image>\nWhere is the cat?"}]
+    on_audio = [{"role": "user", "content": "<audio>\nAt what time can you hear this: a bell?"}]
+    convs, media, starts = [on_image, on_audio], [[image(0)], [audio()]], ["The cat", ""]
+    kw = dict(logits_processor=LogitsProcessorList([NoMarkerWritten()]))
+    first, located = [], []
     with torch.no_grad():
-        first = og.chat_batch([question], [[image(0)]], answer_prefixes=["The cat"], check_declines=False, **kw)[0]
-        answer = og.chat_batch([question], [[image(0)]], answer_prefixes=["The cat"], **kw)[0]
-    assert not first.boxes and first.text.startswith("The cat")
-    # re-asked as "The cat<|box|>": the pointer places the box, scored as any pointed box
-    assert answer.text.startswith("The cat[") and len(answer.boxes) == 1 and 0 <= answer.boxes[0].score <= 1
-    assert answer.overruled == first.text
-    boxed = ChatResult("The cat[0.1,0.2,0.3,0.4]", [answer.boxes[0]])
-    kept = [first, first, boxed]  # not started; started on audio; a box written
+        for i, length in enumerate((4, 2)):  # as many tokens as a box / a span takes
+            one = ([convs[i]], [media[i]])
+            first += og.chat_batch(*one, answer_prefixes=[starts[i]], check_declines=False, max_new_tokens=length, **kw)
+            located += og.chat_batch(*one, answer_prefixes=[starts[i]], max_new_tokens=length, **kw)
+    boxed, spanned = located
+    assert not first[0].boxes and first[0].text.startswith("The cat") and not first[1].spans
+    # re-asked as "The cat<|box|>" and "<|span|>": the pointers place them, scored as any pointed item
+    assert boxed.text.startswith("The cat[") and len(boxed.boxes) == 1 and 0 <= boxed.boxes[0].score <= 1
+    assert spanned.text.startswith("{") and len(spanned.spans) == 1 and 0 <= spanned.spans[0].score <= 1
+    assert (boxed.overruled, spanned.overruled) == (first[0].text, first[1].text)
+    # not a grounding answer (no start given); a grounding answer that placed its box already
+    kept = [first[0], ChatResult("The cat[0.1,0.2,0.3,0.4]", [boxed.boxes[0]])]
     with torch.no_grad():
-        assert og.box_after_start([question] * 3, [[image(0)], [audio()], [image(0)]], kept,
-                                  [None, "The cat", "The cat"], **kw) == kept
+        assert og.location_after_start([on_image] * 2, [[image(0)]] * 2, kept, [None, "The cat"], max_new_tokens=4,
+                                       **kw) == kept

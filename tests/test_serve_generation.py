@@ -95,7 +95,7 @@ def test_a_decline_is_checked_unless_its_start_was_given_and_a_streamed_one_is_h
     assert pieces[0].startswith("The ") and len(pieces[0].strip()) > 3
 
 
-def test_an_answer_given_its_start_that_writes_no_box_is_asked_for_it(monkeypatch):
+def test_a_grounding_answer_that_writes_no_box_is_asked_for_it(monkeypatch):
     from omniground.grounding import Box
     from omniground.model.api import ChatResult
 
@@ -107,7 +107,7 @@ def test_an_answer_given_its_start_that_writes_no_box_is_asked_for_it(monkeypatc
         return [ChatResult("The cat[0.100,0.200,0.300,0.400].", [Box(0.1, 0.2, 0.3, 0.4, score=0.9)], num_tokens=6,
                            overruled=r.text) if start else r for r, start in zip(results, answer_prefixes)]
 
-    monkeypatch.setattr(og, "box_after_start", asked)
+    monkeypatch.setattr(og, "location_after_start", asked)
     prefixed, plain = image_row(og, answer_prefix="The cat"), image_row(og)
     a, b = run_batch(og, [prefixed, plain])
     assert seen["starts"] == ["The cat", None]

@@ -45,8 +45,8 @@ class ChatResult:
     problems: list[str] = field(default_factory=list)
     num_tokens: int = 0  # generated tokens, end-of-turn excluded
     finish_reason: str = "stop"  # "stop" (end of turn or a stop string) | "length" (max_new_tokens)
-    # the LM's answer this one replaced, else empty: a decline (`OmniGround.overrule_declines`) or an answer
-    # given its start that wrote no box (`OmniGround.box_after_start`)
+    # the LM's answer this one replaced, else empty: a decline (`OmniGround.overrule_declines`) or a grounding
+    # answer that wrote no box or span (`OmniGround.location_after_start`)
     overruled: str = ""
 
 
@@ -147,9 +147,9 @@ class OmniGround:
         temperature 0 = greedy, > 0 = sampling; `stop` strings end an answer (and are cut from it);
         `streamer` is any HF streamer (batch of one only); `answer_prefixes` give each answer's start
         (prefilled, not generated; part of the returned text). `check_declines`: an image answer that
-        declines in words is checked by the region pointer (`overrule_declines`), and one given its start that
-        writes no box is re-asked for it (`box_after_start`); not with a `streamer`, as what it has shown is not
-        taken back (`omniground.serve.generation` holds a decline back instead).
+        declines in words is checked by the region pointer (`overrule_declines`), and a grounding answer (given
+        its start) that writes no box or span is re-asked for it (`location_after_start`); not with a `streamer`,
+        as what it has shown is not taken back (`omniground.serve.generation` holds a decline back instead).
         """
         inputs, metas = self.processor.prepare(conversations, media, add_generation_prompt=True,
                                                answer_prefixes=answer_prefixes)
@@ -173,7 +173,7 @@ class OmniGround:
             again = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop,
                          **generate_kwargs)
             results = self.overrule_declines(conversations, media, results, unprefixed, **again)
-            results = self.box_after_start(conversations, media, results, answer_prefixes, **again)
+            results = self.location_after_start(conversations, media, results, answer_prefixes, **again)
         return results
 
     def checks_declines(self, media: list | None) -> bool:
@@ -206,22 +206,30 @@ class OmniGround:
                 results[i] = replace(answer, overruled=results[i].text)
         return results
 
-    def box_after_start(self, conversations: list[list[dict]], media: list[list | None] | None,
-                        results: list[ChatResult], answer_prefixes: list[str | None] | None,
-                        **kwargs) -> list[ChatResult]:
-        """`results` with each image answer that was given its start but wrote no box re-asked with the box
-        marker right after that start ("The red mug" -> "The red mug<|box|>"), so that the model places the box
-        it names; the box's score says how sure (as every box's). Why: a given start names what is asked for
-        (`grounding_answer_prefix`: `ground`, `eval --answer-start`), no trained answer form goes on from it
-        without a box (the declines open otherwise, `decline_phrase`), yet omniground-tiny's LM sometimes
-        trails off ("The anchor to the right of the apple is ale."). `kwargs` go to `chat_batch`."""
+    def location_after_start(self, conversations: list[list[dict]], media: list[list | None] | None,
+                             results: list[ChatResult], answer_prefixes: list[str | None] | None,
+                             **kwargs) -> list[ChatResult]:
+        """`results` with each grounding answer that wrote no box (image) or span (clip) re-asked with the marker
+        right after its given start ("The red mug" -> "The red mug<|box|>"; "" -> "<|span|>"), so that the model
+        places what it was asked for; the item's score says how sure (as every one's). A given start, empty on
+        a clip, marks a grounding answer (`grounding_answer_prefix`: `ground`, `eval --answer-start`). Why: no
+        trained answer form goes on from a named phrase without its box, or answers a clip's grounding
+        question without its span (the declines are the images' negatives, `decline_phrase`), yet
+        omniground-tiny's LM sometimes trails off ("The anchor to the right of the apple is ale.", "The elephant
+        at elephant."). `kwargs` go to `chat_batch`."""
         media = media or [None] * len(results)
-        asked = [i for i, start in enumerate(answer_prefixes or []) if start and not results[i].boxes
-                 and media[i] and len(media[i]) == 1 and _media_kind(media[i][0]) == "image"]
+        asked, starts = [], []
+        for i, start in enumerate(answer_prefixes or []):
+            if start is None or not media[i] or len(media[i]) != 1:
+                continue
+            image = _media_kind(media[i][0]) == "image"
+            if not (results[i].boxes if image else results[i].spans):
+                asked.append(i)
+                starts.append(start + (BOX_TOKEN if image else SPAN_TOKEN))
         if not asked:
             return results
         again = self.chat_batch([conversations[i] for i in asked], [media[i] for i in asked], check_declines=False,
-                                answer_prefixes=[answer_prefixes[i] + BOX_TOKEN for i in asked], **kwargs)
+                                answer_prefixes=starts, **kwargs)
         results = list(results)
         for i, answer in zip(asked, again):
             results[i] = replace(answer, overruled=results[i].text)

@@ -196,11 +196,11 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
     checked = og.overrule_declines([r.messages for r in rows], [r.media for r in rows], results, unshown,
                                    max_new_tokens=max(r.max_tokens for r in rows), temperature=sampling.temperature,
                                    top_p=sampling.top_p)
-    # An answer given its start (not streamed: a grounding query's) that wrote no box is asked for its box.
+    # A grounding answer (given its start; not streamed) that wrote no box or span is asked for it.
     starts = [None if tracker.finish[i] == "cancelled" else r.answer_prefix for i, r in enumerate(rows)]
-    checked = og.box_after_start([r.messages for r in rows], [r.media for r in rows], checked, starts,
-                                 max_new_tokens=max(r.max_tokens for r in rows), temperature=sampling.temperature,
-                                 top_p=sampling.top_p)
+    checked = og.location_after_start([r.messages for r in rows], [r.media for r in rows], checked, starts,
+                                      max_new_tokens=max(r.max_tokens for r in rows),
+                                      temperature=sampling.temperature, top_p=sampling.top_p)
     answers = []
     for i, (row, result) in enumerate(zip(rows, checked)):
         text = result.text
