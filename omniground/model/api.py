@@ -195,16 +195,12 @@ class OmniGround:
         phrases = {i: phrase for i in (range(len(results)) if rows is None else rows)
                    if not results[i].boxes and (phrase := decline_phrase(results[i].text))}
         asked = [i for i in phrases if self.checks_declines(media[i])]
-        if not asked:
-            return results
         prefixes = [self.processor.grounding_answer_prefix("image", phrases[i]) for i in asked]
-        again = self.chat_batch([conversations[i] for i in asked], [media[i] for i in asked], check_declines=False,
-                                answer_prefixes=prefixes, **kwargs)
-        results = list(results)
-        for i, answer in zip(asked, again):
-            if any(b.score is not None and b.score >= DECLINE_OVERRULED_AT for b in answer.boxes):
-                results[i] = replace(answer, overruled=results[i].text)
-        return results
+
+        def found(answer: ChatResult) -> bool:
+            return any(b.score is not None and b.score >= DECLINE_OVERRULED_AT for b in answer.boxes)
+
+        return self._ask_again(conversations, media, results, asked, prefixes, found, **kwargs)
 
     def location_after_start(self, conversations: list[list[dict]], media: list[list | None] | None,
                              results: list[ChatResult], answer_prefixes: list[str | None] | None,
@@ -226,13 +222,21 @@ class OmniGround:
             if not (results[i].boxes if image else results[i].spans):
                 asked.append(i)
                 starts.append(start + (BOX_TOKEN if image else SPAN_TOKEN))
-        if not asked:
+        return self._ask_again(conversations, media, results, asked, starts, **kwargs)
+
+    def _ask_again(self, conversations: list[list[dict]], media: list[list | None], results: list[ChatResult],
+                   rows: list[int], starts: list[str], keep: Callable[[ChatResult], bool] | None = None,
+                   **kwargs) -> list[ChatResult]:
+        """`results` with rows `rows` asked again, each with its answer's start given (`starts`), unchecked; a new
+        answer replaces the first (kept as its `overruled`) where `keep(answer)`, by default always."""
+        if not rows:
             return results
-        again = self.chat_batch([conversations[i] for i in asked], [media[i] for i in asked], check_declines=False,
+        again = self.chat_batch([conversations[i] for i in rows], [media[i] for i in rows], check_declines=False,
                                 answer_prefixes=starts, **kwargs)
         results = list(results)
-        for i, answer in zip(asked, again):
-            results[i] = replace(answer, overruled=results[i].text)
+        for i, answer in zip(rows, again):
+            if keep is None or keep(answer):
+                results[i] = replace(answer, overruled=results[i].text)
         return results
 
     generate = chat_batch  # the name HF users reach for

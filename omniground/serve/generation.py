@@ -193,14 +193,13 @@ def run_batch(og, rows: list[Row]) -> list[Answer]:
     # (a streamed row holds back what may still become a decline), it was not cancelled, and the answer's
     # start was not given.
     unshown = [i for i, ok in enumerate(checkable) if ok and not tracker.shown[i] and tracker.finish[i] != "cancelled"]
-    checked = og.overrule_declines([r.messages for r in rows], [r.media for r in rows], results, unshown,
-                                   max_new_tokens=max(r.max_tokens for r in rows), temperature=sampling.temperature,
-                                   top_p=sampling.top_p)
+    asked = ([r.messages for r in rows], [r.media for r in rows])
+    again = dict(max_new_tokens=max(r.max_tokens for r in rows), temperature=sampling.temperature,
+                 top_p=sampling.top_p)
+    checked = og.overrule_declines(*asked, results, unshown, **again)
     # A grounding answer (given its start; not streamed) that wrote no box or span is asked for it.
     starts = [None if tracker.finish[i] == "cancelled" else r.answer_prefix for i, r in enumerate(rows)]
-    checked = og.location_after_start([r.messages for r in rows], [r.media for r in rows], checked, starts,
-                                      max_new_tokens=max(r.max_tokens for r in rows),
-                                      temperature=sampling.temperature, top_p=sampling.top_p)
+    checked = og.location_after_start(*asked, checked, starts, **again)
     answers = []
     for i, (row, result) in enumerate(zip(rows, checked)):
         text = result.text
