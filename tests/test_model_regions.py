@@ -435,3 +435,54 @@ def test_a_grounding_answer_that_writes_no_box_or_span_is_asked_for_it():
     with torch.no_grad():
         assert og.location_after_start([on_image] * 2, [[image(0)]] * 2, kept, [None, "The cat"], max_new_tokens=4,
                                        **kw) == kept
+
+
+def _attention_by_hand(reread, hidden, text, mask):
+    """TextReread as multi-head attention is usually written: every text token mapped to a key and a value."""
+    (m, length, h), n = text.shape, reread.heads
+    q = reread.q(reread.norm_query(hidden)).view(m, n, 1, h // n)
+    t = reread.norm_text(text)
+    k, v = (proj(t).view(m, length, n, h // n).transpose(1, 2) for proj in (reread.k, reread.v))
+    read = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
+    return hidden + reread.out(read.reshape(m, h))
+
+
+def test_reread_and_patch_scores_equal_attention_and_a_key_map_that_map_every_token():
+    torch.manual_seed(0)
+    rp = RegionPointer(vision_dim=8, hidden=16, presence=True, reread=True)
+    for p in rp.parameters():  # LayerNorm gains and biases and the zero-started map too: every term counts
+        torch.nn.init.normal_(p, std=0.5)
+    hidden, patches, text = torch.randn(3, 16), torch.randn(3, 5, 8), torch.randn(3, 6, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]]).bool()  # the last: no text
+    read, by_hand = rp.reread(hidden, text, mask), _attention_by_hand(rp.reread, hidden, text, mask)
+    assert torch.allclose(read, by_hand, atol=1e-5)
+    query = rp.query(by_hand)
+    scores = torch.cat([torch.einsum("mh,mph->mp", query, rp.key(patches)) * rp.scale, rp.absent(query)], 1)
+    logits = rp.logits(hidden, patches, text, mask)
+    assert torch.allclose(logits, scores, atol=1e-5)
+    # and the same gradients for every weight that moves the scores
+    names, params = zip(*rp.named_parameters())
+    grads = torch.autograd.grad(logits.square().sum(), params, allow_unused=True)
+    grads_by_hand = torch.autograd.grad(scores.square().sum(), params, allow_unused=True)
+    for name, g, g_by_hand in zip(names, grads, grads_by_hand):
+        if name.startswith("box.") or name == "reread.k.bias":  # the box regressor scores nothing; softmax is blind
+            continue  # to the key bias, which adds the same to every token's score
+        assert torch.allclose(g, g_by_hand, atol=1e-4, rtol=1e-4), name
+
+
+def test_choosing_many_boxes_at_once_chooses_as_one_at_a_time():
+    torch.manual_seed(1)
+    rp = RegionPointer(vision_dim=8, hidden=16, presence=True, reread=True, heads=3).eval()
+    for p in rp.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    hidden, patches, text = torch.randn(6, 16), torch.randn(6, 9, 8), torch.randn(6, 4, 16)
+    boxes = torch.rand(6, 9, 4).sort(-1).values[..., [0, 1, 2, 3]]
+    boxes = torch.stack([boxes[..., 0], boxes[..., 1], boxes[..., 0] + boxes[..., 2], boxes[..., 1] + boxes[..., 3]],
+                        -1).clamp(max=1)
+    mask = torch.arange(4) < torch.tensor([1, 2, 3, 4, 4, 2])[:, None]
+    with torch.no_grad():
+        bins, confidences = rp.choose_many(hidden, patches, boxes, 11, text, mask)
+        one_by_one = [rp.choose(hidden[i], patches[i], boxes[i], 11, text[i], mask[i]) for i in range(6)]
+    assert bins == [b for b, _ in one_by_one]
+    assert confidences == pytest.approx([c for _, c in one_by_one], abs=1e-6)
+    assert len(set(map(tuple, bins))) > 1  # not one answer for all

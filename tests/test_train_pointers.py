@@ -204,6 +204,9 @@ def test_recorded_inputs_of_unlike_lengths_are_padded_at_the_end():
     mask = cat_padded([torch.ones(1, 2, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)])
     assert mask.tolist() == [[True, True, False, False], [True] * 4]
     assert cat_padded([torch.ones(2, 4), torch.ones(3, 4)]).shape == (5, 4)  # alike: plain concatenation
+    # padded in two dimensions (the joined tensor starts empty: every padding written as zeros)
+    both = cat_padded([torch.ones(2, 3, 1), torch.ones(1, 1, 2), torch.ones(1, 2, 2)])
+    assert both.tolist() == [[[1, 0], [1, 0], [1, 0]]] * 2 + [[[1, 1], [0, 0], [0, 0]], [[1, 1], [1, 1], [0, 0]]]
     parts = [torch.ones(2, 4), torch.full((3, 4), 2.0)]
     joined = cat_padded(parts)
     assert parts == [] and joined.sum() == 2 * 4 + 3 * 4 * 2  # each part dropped as it is copied

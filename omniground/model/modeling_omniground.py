@@ -692,13 +692,26 @@ class TextReread(nn.Module):
         self.out = ZeroLinear(hidden, hidden)
 
     def forward(self, hidden: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """hidden (M, H) at boxes, their text so far (M, L, H) and its mask (M, L) -> (M, H)."""
+        """hidden (M, H) at boxes, their text so far (M, L, H) and its mask (M, L) -> (M, H).
+
+        Attention of one query per head over the text, softmax_l(q . k_l / sqrt(d)) . v_l with k_l = W_k t_l + b_k,
+        v_l = W_v t_l + b_v and t_l = g * norm(x_l) + b (the text's LayerNorm), computed without mapping each of
+        the L tokens: q . k_l = (g * W_k^T q) . norm(x_l) + a term the same for every token (softmax drops it),
+        and as the weights a_l sum to one the read is W_v (g * sum_l a_l norm(x_l) + b) + b_v. The same numbers
+        for L H + H^2 work per head instead of L H^2, and nothing of size L to differentiate but the weights:
+        the pointer refit's region fit, about 50 tokens re-read a box, ran 4x slower the plain way
+        (benchmarks/bench_train.py --stages pointers)."""
         (m, length, h), n = text.shape, self.heads
-        q = self.q(self.norm_query(hidden)).view(m, n, 1, h // n)
-        t = self.norm_text(text)
-        k, v = (proj(t).view(m, length, n, h // n).transpose(1, 2) for proj in (self.k, self.v))
-        read = F.scaled_dot_product_attention(q, k, v, attn_mask=text_mask[:, None, None, :].to(torch.bool))
-        return hidden + self.out(read.reshape(m, h))
+        q = self.q(self.norm_query(hidden)).view(m, n, h // n)
+        normed = F.layer_norm(text, (h,), eps=self.norm_text.eps)
+        query_in_text = torch.einsum("mnd,ndh->mnh", q, self.k.weight.view(n, h // n, h)) * self.norm_text.weight
+        scores = (query_in_text @ normed.transpose(1, 2)) * (h // n) ** -0.5  # (M, heads, L)
+        mask = text_mask.to(torch.bool)
+        # a finite fill: a row without text (a clip the reread is off for) reads zeros, as attention does, not NaN
+        weights = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min).softmax(-1)
+        read_text = (weights @ normed) * self.norm_text.weight + self.norm_text.bias  # sum_l a_l t_l, (M, heads, H)
+        read = torch.einsum("mnh,ndh->mnd", read_text, self.v.weight.view(n, h // n, h)) + self.v.bias.view(n, -1)
+        return hidden + self.out((read * mask.any(1)[:, None, None]).reshape(m, h))
 
 
 class RegionPointer(nn.Module):
@@ -760,7 +773,13 @@ class RegionPointer(nn.Module):
         if self.reread is not None:
             hidden = self.reread(hidden, *text)
         query = self.query(hidden)
-        scores = torch.einsum("mh,mph->mp", query, self.key(patches)) * self.scale
+        # query . key(p) with key(p) = W (g * norm(p) + b) + c, computed as (g * W^T query) . norm(p) + query . (W b + c):
+        # the query mapped once instead of every patch (the refit's region fit ran twice as fast)
+        norm, proj = self.key
+        in_patch_space = (query @ proj.weight) * norm.weight
+        offset = (query * ((proj.weight * norm.bias).sum(1) + proj.bias)).sum(-1)
+        normed = F.layer_norm(patches, patches.shape[-1:], eps=norm.eps)
+        scores = (torch.einsum("mv,mpv->mp", in_patch_space, normed) + offset[:, None]) * self.scale
         return scores if self.absent is None else torch.cat([scores, self.absent(query)], 1)
 
     def loss(self, hidden: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor, target: torch.Tensor,
@@ -782,26 +801,36 @@ class RegionPointer(nn.Module):
         probability is 1. With presence, "nothing here" keeps its share: a phrase the image lacks gets a
         box of low confidence. With reread, `text` is the box's text so far (L, H) and its mask (L,). With
         more heads, their probabilities averaged."""
-        args = (hidden[None], patches[None], *(t[None] for t in text))
-        probs = torch.stack([m.logits(*args)[0].float().softmax(-1) for m in self.members()]).mean(0)
-        choice, confidence = agreed_choice(probs[: len(boxes)], boxes.float())
-        return box_bins(boxes[choice], num_bins), confidence
+        bins, confidences = self.choose_many(hidden[None], patches[None], boxes[None], num_bins, *(t[None] for t in text))
+        return bins[0], confidences[0]
+
+    def choose_many(self, hidden: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor, num_bins: int,
+                    *text: torch.Tensor) -> tuple[list[list[int]], list[float]]:
+        """`choose` for M boxes at once: hidden (M, H), patches (M, P, Dv), boxes (M, P, 4)[, text (M, L, H) and
+        its mask (M, L)] -> each one's four bins and confidence (the pointer refit scores its tens of thousands
+        of training boxes so)."""
+        probs = torch.stack([m.logits(hidden, patches, *text).float().softmax(-1) for m in self.members()]).mean(0)
+        choice, confidence = agreed_choice(probs[:, : boxes.shape[1]], boxes.float())
+        chosen = boxes[torch.arange(len(boxes), device=boxes.device), choice]
+        return [box_bins(box, num_bins) for box in chosen], confidence.tolist()
 
 
-def agreed_choice(probs: torch.Tensor, boxes: torch.Tensor) -> tuple[int, float]:
-    """Candidate answers' probabilities (N,) and boxes (N, 4) -> the candidate of highest expected IoU with
-    the pointer's answer, and the probability of the candidates that agree with it (IoU >= 0.5).
+def agreed_choice(probs: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate answers' probabilities (..., N) and boxes (..., N, 4) -> the candidate of highest expected IoU
+    with the pointer's answer (...), and the probability of the candidates that agree with it (IoU >= 0.5) (...).
 
     Why not the most probable candidate: an object covers several patches and a span's edges blur over
     neighbouring slots, so the probability of one answer is spread over near-identical ones; the metric is
     IoU, and the answer that most of the mass agrees with scores better (minimum-Bayes-risk decoding:
     held-out video R@1 at IoU 0.5 0.730 -> 0.785, REC 0.772 -> 0.790; configs/omniground-tiny/README.md).
     """
-    agree = pairwise_box_iou(boxes[None].expand(len(boxes), -1, -1), boxes)  # (N, N)
-    choice = int((agree @ probs).argmax())
-    same = agree[choice] >= 0.5
-    same[choice] = True  # even a degenerate box agrees with itself
-    return choice, float(probs[same].sum())
+    n = boxes.shape[-2]
+    flat = boxes.reshape(-1, n, 4)
+    agree = pairwise_box_iou(flat.repeat_interleave(n, 0), flat.reshape(-1, 4)).view(*boxes.shape[:-2], n, n)
+    choice = (agree @ probs[..., None])[..., 0].argmax(-1)
+    same = agree.gather(-2, choice[..., None, None].expand(*choice.shape, 1, n)).squeeze(-2) >= 0.5
+    same.scatter_(-1, choice[..., None], True)  # even a degenerate box agrees with itself
+    return choice, (probs * same).sum(-1)
 
 
 # =================================================================================================
@@ -933,7 +962,7 @@ class SpanPointer(nn.Module):
         # spans [first, last + 1] as boxes of height 1, whose IoU is the spans'
         spans = torch.stack([first, torch.zeros_like(first), last + 1, torch.ones_like(first)], -1).float()
         choice, confidence = agreed_choice(joint, spans)
-        return span_bins(int(first[choice]), int(last[choice]), nq, num_bins), confidence
+        return span_bins(int(first[choice]), int(last[choice]), nq, num_bins), float(confidence)
 
 
 # =================================================================================================
