@@ -95,8 +95,8 @@ def main() -> None:
                 "output_dir": tmp, "model": {"from_checkpoint": "omniground-tiny"}, "train_data": data,
                 "eval_data": [], "max_steps": 50 * args.steps, "steps": {}, "num_threads": args.threads})
             s = refit_pointers(cfg, console=quiet)
-            fits = ", ".join(f"{name} {f['steps'] * cfg.batch_size / f['fit_seconds']:.0f} examples/s"
-                             for name, f in s["heads"].items())
+            fits = ", ".join(f"{name} {f['heads'] * f['steps'] * cfg.batch_size / f['fit_seconds']:.0f} examples/s"
+                             f" ({f['heads']} head{'s' * (f['heads'] > 1)})" for name, f in s["heads"].items())
             print(f"pointers: reading {s['samples'] / s['capture_seconds']:6.2f} samples/s through the frozen model "
                   f"({s['samples']} samples); fitting the heads: {fits} ({50 * args.steps} steps x {cfg.batch_size})")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall-clock figures shrink when shared")
