@@ -86,7 +86,7 @@ def test_two_processes_with_different_media_train_sharded_as_one_process_on_both
     losses = []
     for _ in range(2):
         step = [m(**b).loss for b in batches]
-        losses.append([float(x) for x in step])
+        losses.append([x.item() for x in step])
         (sum(step) / 2).backward()
         opt.step()
         opt.zero_grad()

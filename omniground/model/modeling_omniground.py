@@ -773,10 +773,12 @@ class RegionPointer(nn.Module):
         if self.reread is not None:
             hidden = self.reread(hidden, *text)
         query = self.query(hidden)
-        # query . key(p) with key(p) = W (g * norm(p) + b) + c, computed as (g * W^T query) . norm(p) + query . (W b + c):
-        # the query mapped once instead of every patch (as TextReread maps its query)
+        # query . key(p) with key(p) = W (g * norm(p) + b) + c, computed as (g * W^T query) . norm(p)
+        # + query . (W b + c): the query mapped once instead of every patch (as TextReread maps its query)
         norm, proj = self.key
         in_patch_space = (query @ proj.weight) * norm.weight
+        # sums, not matrix-vector products: those changed in the last bits with where memory lay, and two refits
+        # from one start then differed
         offset = (query * ((proj.weight * norm.bias).sum(1) + proj.bias)).sum(-1)
         normed = F.layer_norm(patches, patches.shape[-1:], eps=norm.eps)
         scores = (torch.einsum("mv,mpv->mp", in_patch_space, normed) + offset[:, None]) * self.scale
@@ -801,7 +803,8 @@ class RegionPointer(nn.Module):
         probability is 1. With presence, "nothing here" keeps its share: a phrase the image lacks gets a
         box of low confidence. With reread, `text` is the box's text so far (L, H) and its mask (L,). With
         more heads, their probabilities averaged."""
-        bins, confidences = self.choose_many(hidden[None], patches[None], boxes[None], num_bins, *(t[None] for t in text))
+        one = (hidden[None], patches[None], boxes[None], num_bins, *(t[None] for t in text))
+        bins, confidences = self.choose_many(*one)
         return bins[0], confidences[0]
 
     def choose_many(self, hidden: torch.Tensor, patches: torch.Tensor, boxes: torch.Tensor, num_bins: int,
