@@ -159,6 +159,9 @@ def test_the_written_box_is_the_one_most_of_the_pointers_probability_agrees_with
     assert bins == [1, 1, 4, 4] and confidence == pytest.approx(0.6)
     rp.logits = lambda hidden, patches: torch.tensor([[0.7, 0.1, 0.1, 0.1]]).log()  # now the lone one wins
     assert rp.choose(torch.zeros(4), torch.zeros(4, 4), boxes, 11) == ([6, 6, 9, 9], pytest.approx(0.7))
+    # the confidence is the mass agreeing with the chosen box, not with the first patch's (0.3 + 0.25 if it were)
+    rp.logits = lambda hidden, patches: torch.tensor([[0.3, 0.25, 0.25, 0.2]]).log()
+    assert rp.choose(torch.zeros(4), torch.zeros(4, 4), boxes, 11) == ([1, 1, 4, 4], pytest.approx(0.7))
 
 
 def test_the_written_box_is_the_regressed_box_and_survives_save_and_load(tmp_path):
@@ -476,9 +479,8 @@ def test_choosing_many_boxes_at_once_chooses_as_one_at_a_time():
     for p in rp.parameters():
         torch.nn.init.normal_(p, std=0.5)
     hidden, patches, text = torch.randn(6, 16), torch.randn(6, 9, 8), torch.randn(6, 4, 16)
-    boxes = torch.rand(6, 9, 4).sort(-1).values[..., [0, 1, 2, 3]]
-    boxes = torch.stack([boxes[..., 0], boxes[..., 1], boxes[..., 0] + boxes[..., 2], boxes[..., 1] + boxes[..., 3]],
-                        -1).clamp(max=1)
+    corner, size = torch.rand(6, 9, 2), torch.rand(6, 9, 2)
+    boxes = torch.cat([corner, corner + size], -1).clamp(max=1)
     mask = torch.arange(4) < torch.tensor([1, 2, 3, 4, 4, 2])[:, None]
     with torch.no_grad():
         bins, confidences = rp.choose_many(hidden, patches, boxes, 11, text, mask)
