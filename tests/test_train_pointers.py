@@ -18,8 +18,8 @@ from omniground.model.factory import build_tiny
 from omniground.train import load_config
 from omniground.train.config import DataSource, PointerConfig, TrainConfigError
 from omniground.train.data import Collator, SampleDataset, load_sources
-from omniground.train.pointers import (absent_as_rec, cat_padded, mean_loss, read_pointer_inputs,
-                                      recording_pointer_inputs, refit_pointers)
+from omniground.train.pointers import (RaggedText, absent_as_rec, capture, cat_padded, mean_loss,
+                                      read_pointer_inputs, recording_pointer_inputs, refit_pointers)
 
 POINTERS = dict(MICRO_MODEL, region_boxes=True, span_pointers=True, time_anchored_queries=True)
 TASKS = ["rec", "grounded_caption", "video_grounding", "audio_grounding"]
@@ -210,6 +210,42 @@ def test_recorded_inputs_of_unlike_lengths_are_padded_at_the_end():
     parts = [torch.ones(2, 4), torch.full((3, 4), 2.0)]
     joined = cat_padded(parts)
     assert parts == [] and joined.sum() == 2 * 4 + 3 * 4 * 2  # each part dropped as it is copied
+
+
+def test_text_kept_end_to_end_is_handed_out_as_the_padded_text_would_be():
+    torch.manual_seed(0)
+    texts = [torch.randn(2, 3, 4), torch.randn(3, 5, 4)]  # what lies past a row's text is not zero, as recorded
+    masks = [torch.tensor([[1, 1, 0], [1, 1, 1]]).bool(), torch.tensor([[1, 0, 0, 0, 0], [0] * 5, [1] * 5]).bool()]
+    padded = cat_padded([t.clone() for t in texts])
+    mask = cat_padded([m.clone() for m in masks])
+    text = RaggedText.join(texts, masks)
+    assert texts == [] and torch.equal(text.mask, mask) and len(text) == 5 and text.values.shape == (11, 4)
+    expected = padded * mask[..., None]  # the rows' text, zeros where the mask is not set (row 3: no text)
+    for idx in (0, 4, slice(1, 4), torch.tensor([4, 0, 3, 2]), torch.tensor([2, 2])):
+        assert torch.equal(text[idx], expected[idx])
+
+
+def test_the_text_kept_end_to_end_gives_the_reread_the_losses_and_gradients_the_padded_text_gives(synth_data,
+                                                                                                   start):
+    """Padded, the recorded text holds other tokens' states past each row's own; kept end to end, zeros. The
+    reread weighs those at exactly zero either way: the refit's losses and gradients are the same to the bit."""
+    from omniground.model.api import load
+
+    og = load(start, region_reread=True)
+    torch.manual_seed(1)
+    og.model.region_pointer.reread.out.weight.data.normal_()  # a reread that is not a no-op yet
+    items = load_sources([DataSource(path=synth_data / "train.jsonl", tasks=["rec"])])
+    ragged = read_pointer_inputs(og, items, 4, Console(quiet=True), "t")["region"]
+    padded = tuple(cat_padded(parts) for parts in capture(og, items, 4, Console(quiet=True), "t")["region"])
+    assert isinstance(ragged[4], RaggedText) and not padded[4][~padded[5]].eq(0).all()
+    head = og.model.region_pointer.requires_grad_(True)
+    grads = []
+    for examples in (ragged, padded):
+        head.zero_grad()
+        head.loss(*(x[torch.arange(len(padded[0]))] for x in examples)).backward()
+        grads.append([p.grad.clone() for p in head.parameters() if p.grad is not None])
+    assert len(grads[1]) > 10 and all(torch.equal(a, b) for a, b in zip(*grads))
+    assert mean_loss(head, ragged, batch=5) == mean_loss(head, padded, batch=5)
 
 
 def test_the_refit_fits_the_text_reread_with_absent_phrases_too(tmp_path, synth_data, start):
