@@ -181,7 +181,12 @@ def render_frames(width: int, height: int, n: int, bg: dict, tracks: list[Track]
 
 
 def encode_mp4(path: Path, frames, width: int, height: int, fps: int) -> None:
-    """H.264 in mp4, frame i at pts i / fps; one encoder thread and bitexact flags keep the bytes reproducible."""
+    """H.264 in mp4, frame i at pts i / fps. One encoder thread, bitexact flags and x264 without its assembly
+    (`asm=0`) keep the bytes reproducible. With the assembly (any of it, MMX2 alone too) 1 to 3 clips in 100
+    (64x36 and 48x64 ones) came out different from one run to the next, their frames alike: what x264 wrote
+    depended on memory the run had left behind. Without it, none of 300 clips encoded six times each
+    (tests/test_synth.py). It costs time: 64 px clips 146 -> 113 a second, the generator's default 160 px ones
+    27 -> 14 (benchmarks/bench_synth.py)."""
     import av
 
     with av.open(str(path), mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
@@ -189,7 +194,8 @@ def encode_mp4(path: Path, frames, width: int, height: int, fps: int) -> None:
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = Fraction(1, fps)
         stream.codec_context.thread_count = 1
-        stream.codec_context.options = {"crf": "23", "preset": "veryfast", "threads": "1", "flags": "+bitexact"}
+        stream.codec_context.options = {"crf": "23", "preset": "veryfast", "threads": "1", "flags": "+bitexact",
+                                        "x264-params": "asm=0"}
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
