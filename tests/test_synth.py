@@ -54,7 +54,7 @@ def _cfg(out, **over):
 def test_a_clip_encodes_to_the_same_bytes_every_time(tmp_path, monkeypatch):
     """x264's assembly read memory the run left as it happened to be: 64x36 and 48x64 clips came out different
     from one encoding to the next, the frames alike (of 300 clips encoded four times after other allocations,
-    3 to 7 each time; these three in nearly every such run). Encoded again so, each must give the same bytes."""
+    2 to 7 each time; these three in nearly every such run). Encoded again so, each must give the same bytes."""
     import os
 
     from omniground.data.synth import video
