@@ -18,7 +18,7 @@ from omniground.model.factory import build_tiny
 from omniground.train import load_config
 from omniground.train.config import DataSource, PointerConfig, TrainConfigError
 from omniground.train.data import Collator, SampleDataset, load_sources
-from omniground.train.pointers import (RaggedText, absent_as_rec, capture, cat_padded, mean_loss,
+from omniground.train.pointers import (RaggedText, absent_as_rec, capture, cat_padded, in_own_words, mean_loss,
                                       read_pointer_inputs, recording_pointer_inputs, refit_pointers)
 
 POINTERS = dict(MICRO_MODEL, region_boxes=True, span_pointers=True, time_anchored_queries=True)
@@ -124,6 +124,11 @@ def test_the_refit_through_the_cli_and_its_errors(tmp_path, synth_data, start):
     path.write_text(yaml.safe_dump(cfg))
     r = runner.invoke(app, ["train", str(path)])
     assert r.exit_code == 2 and "region_presence" in r.output and "Traceback" not in r.output
+    # answers in the model's own words for a task there is none of: one line, exit 2
+    cfg["own_words"] = ["sound_localisation"]
+    path.write_text(yaml.safe_dump(cfg))
+    r = runner.invoke(app, ["train", str(path)])
+    assert r.exit_code == 2 and "own_words" in r.output and "Traceback" not in r.output
 
 
 def test_the_refit_starts_the_heads_afresh_so_where_stage_3_left_them_does_not_matter(tmp_path, synth_data, start):
@@ -170,6 +175,40 @@ def test_negatives_are_read_as_rec_answers_worded_like_the_rec_samples(synth_dat
     bare = type(negatives[0])(negatives[0].sample.model_copy(update={"meta": {}}), negatives[0].root)
     with pytest.raises(TrainConfigError, match="meta.absent"):
         absent_as_rec([bare], rec)
+
+
+def test_answers_of_the_listed_tasks_are_read_in_the_models_own_words_with_the_true_box(synth_data, start,
+                                                                                          monkeypatch):
+    """As for sound localisation in omniground-tiny's refit: the words before the box are what the model says
+    (here REC's, with scripted answers), the box the true one; an own answer without a box, and other tasks,
+    keep the true answer."""
+    from omniground.model.api import ChatResult, load
+
+    og = load(start)
+    items = load_sources([DataSource(path=synth_data / "train.jsonl", tasks=["rec", "grounded_caption"])])
+    rec = [j for j, i in enumerate(items)
+           if i.sample.task == "rec" and len(i.sample.boxes) == 1 and i.sample.conversation[1].content.count("[") == 1]
+    assert len(rec) >= 3 and any(i.sample.task == "grounded_caption" for i in items)
+    asked = []
+
+    def chat_batch(conversations, media, **kw):
+        asked.extend(zip(conversations, media))
+        return [ChatResult(text="There is none." if len(asked) - len(conversations) + k == 1 else
+                           f"The bell number {len(asked) - len(conversations) + k}[0.100,0.100,0.200,0.200]")
+                for k in range(len(conversations))]
+
+    monkeypatch.setattr(og, "chat_batch", chat_batch)
+    out = in_own_words(og, items, ["rec"], 2, Console(quiet=True), "t")
+    assert len(out) == len(items) and len(asked) == len(rec)
+    for n, ((conversation, media), j) in enumerate(zip(asked, rec)):
+        sample, new = items[j].sample, out[j].sample
+        assert conversation == [{"role": "user", "content": sample.conversation[0].content}]
+        assert media == [sample.media_path(i, items[j].root) for i in range(len(sample.media))]
+        true = sample.conversation[1].content
+        answer = true if n == 1 else f"The bell number {n}" + true[true.index("["):]
+        assert [t.content for t in new.conversation] == [sample.conversation[0].content, answer]
+        assert new.boxes == sample.boxes and new.media == sample.media and out[j].root == items[j].root
+    assert all(out[j] is items[j] for j in range(len(items)) if j not in rec)
 
 
 def test_the_refit_learns_nothing_here_from_phrases_the_image_lacks(tmp_path, synth_data, start):

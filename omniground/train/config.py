@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from omniground.data.schema import Task
 from omniground.errors import UserError
 
 
@@ -138,6 +139,9 @@ class PointerConfig(StageConfig):
     batch_size: int = Field(default=64, gt=0)  # pointer examples (boxes / spans) per optimizer step
     capture_batch_size: int = Field(default=32, gt=0)  # samples per forward pass of the frozen model
     steps: dict[Literal["region", "span"], int] = {}  # a head's own step count instead of max_steps
+    # tasks whose answers are read with the words before their box written by the model itself (greedy), the
+    # box still the true one (omniground.train.pointers.in_own_words), e.g. [sound_localization]
+    own_words: list[Task] = []
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None
