@@ -18,7 +18,7 @@ DATA=runs/data/synth
 # the code it is trained from, taken now (the install below rewrites the tracked checkpoint files)
 COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
 
-for f in train extra/train extra2/train extra3/train extra14/train test-images/test; do
+for f in train extra/train extra2/train extra3/train extra14/train test-images/test test-large/test; do
     [ -f $DATA/$f.jsonl ] || { scripts/make_default_data.sh $DATA; break; }
 done
 
@@ -55,13 +55,21 @@ for split in test unseen test-images/test; do
         --out $RUN/eval-$name-rec-phrase
 done
 
+# test-large/test (seed 40): sound localisation on 559 questions, and REC on 2000, both ways
+python -m omniground eval run --data $DATA/test-large/test.jsonl --task sound_localization --model $RUN/pointers/model \
+    --out $RUN/eval-test-large-sound
+python -m omniground eval run --data $DATA/test-large/test.jsonl --task rec --limit 2000 --model $RUN/pointers/model \
+    --out $RUN/eval-test-large-rec
+python -m omniground eval run --data $DATA/test-large/test.jsonl --task rec --limit 2000 --model $RUN/pointers/model \
+    --answer-start --out $RUN/eval-test-large-rec-phrase
+
 [ "$VARIANT" = tiny ] || { echo "evaluated $RUN/pointers/model (only omniground-tiny is installed)"; exit 0; }
 DEST=omniground/checkpoints/omniground-tiny
 rm -rf $DEST && mkdir -p $DEST
 cp $RUN/pointers/model/* $DEST/
 {
     echo "commit: $COMMIT"
-    echo "data: scripts/make_default_data.sh (train seed 0, extra seed 3, extra2 seed 5, extra3 seed 6, extra5..extra14 seeds 8..17, val seed 1, test/unseen seed 2, test-images seed 4)"
+    echo "data: scripts/make_default_data.sh (train seed 0, extra seed 3, extra2 seed 5, extra3 seed 6, extra5..extra14 seeds 8..17, val seed 1, test/unseen seed 2, test-images seed 4, test-large seed 40)"
     echo "configs: configs/omniground-tiny/stage{0,1,2,2b,3}.yaml, then configs/omniground-tiny/pointers.yaml"
 } > $DEST/TRAINED_FROM.txt
 echo "installed $DEST"
