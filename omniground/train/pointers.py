@@ -12,7 +12,8 @@ after that costs a fraction of a second. This is the classifier re-training of l
 span head also reads clips no earlier stage saw (`extra3`): on the ones stages 1-3 trained on, the frozen
 model's inputs are more telling than on new clips. With `region_presence` the region head also learns
 "nothing here" from the negatives' absent phrases, read as REC answers (`absent_as_rec`); with
-`region_heads` / `span_heads` each head is fitted on its own, from its own start and batches. Like stage 0
+`region_heads` / `span_heads` each head is fitted on its own, from its own start and batches; with `own_words`
+the listed tasks' answers are read in the model's own words before their box (`in_own_words`). Like stage 0
 it is short, so it restarts rather than resumes, and runs in one process (on the GPU where there is one).
 """
 
@@ -221,6 +222,8 @@ def in_own_words(og, items: list[TrainItem], tasks: Sequence[str], batch_size: i
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     chosen = [j for j, item in enumerate(items) if item.sample.task in tasks and _one_box_answer(item.sample)]
+    if not chosen:
+        return items
     out = list(items)
     og.model.eval()
     with Progress(TextColumn(f"pointers: answering {what} in the model's own words"), BarColumn(),
