@@ -32,6 +32,7 @@ from rich.console import Console
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.data.schema import Sample
+from omniground.grounding import Box, parse
 from omniground.grounding.geometry import box_iou, span_iou
 from omniground.model.modeling_omniground import absent_targets
 from omniground.train.config import PointerConfig, TrainConfigError
@@ -237,20 +238,29 @@ def in_own_words(og, items: list[TrainItem], tasks: Sequence[str], batch_size: i
                                      for s, j in zip(samples, rows)],
                                     max_new_tokens=32, check_declines=False)
             for j, s, answer in zip(rows, samples, answers):
-                if "[" not in answer.text:
+                if (own := _first_box_at(answer.text)) is None:
                     continue
                 true = s.conversation[1].content
                 turns = [s.conversation[0].model_dump(),
-                         {"role": "assistant", "content": answer.text.split("[")[0] + true[true.index("[") :]}]
+                         {"role": "assistant", "content": answer.text[:own] + true[_first_box_at(true) :]}]
                 out[j] = TrainItem(Sample.model_validate({**s.model_dump(), "conversation": turns}), items[j].root)
             bar.update(task, advance=len(rows))
     return out
 
 
+def _boxes_at(text: str) -> list[int]:
+    """Where each box's notation starts in a text, as the grounding language reads it."""
+    return [at.start for at in parse(text).located if isinstance(at.item, Box)]
+
+
+def _first_box_at(text: str) -> int | None:
+    return next(iter(_boxes_at(text)), None)
+
+
 def _one_box_answer(sample: Sample) -> bool:
     turns = sample.conversation
     return (len(turns) == 2 and turns[0].role == "user" and turns[1].role == "assistant" and len(sample.boxes) == 1
-            and turns[1].content.count("[") == 1)
+            and len(_boxes_at(turns[1].content)) == 1)
 
 
 @torch.no_grad()
