@@ -211,6 +211,29 @@ def test_answers_of_the_listed_tasks_are_read_in_the_models_own_words_with_the_t
     assert all(out[j] is items[j] for j in range(len(items)) if j not in rec)
 
 
+def test_absent_phrases_borrow_the_true_rec_wording_when_rec_is_read_in_the_models_own_words(synth_data, start,
+                                                                                             monkeypatch):
+    """The model's own words name what the image holds: a negative worded like them would point at it."""
+    from omniground.model.api import ChatResult, load
+    from omniground.train import pointers
+
+    og = load(start, region_presence=True)
+    items = load_sources([DataSource(path=synth_data / "train.jsonl", tasks=["rec", "negative"])])
+    monkeypatch.setattr(og, "chat_batch", lambda conversations, media, **kw: [
+        ChatResult(text="The bell[0.100,0.100,0.200,0.200]") for _ in conversations])
+    borrowed, captured = [], []
+    real_absent_as_rec, real_capture = pointers.absent_as_rec, pointers.capture
+    monkeypatch.setattr(pointers, "absent_as_rec", lambda negatives, rec: borrowed.extend(rec) or
+                        real_absent_as_rec(negatives, rec))
+    monkeypatch.setattr(pointers, "capture", lambda og, read, *a: captured.append(read) or real_capture(og, read, *a))
+    read_pointer_inputs(og, items, 8, Console(quiet=True), "t", own_words=["rec"])
+    rec = [i for i in items if i.sample.task == "rec"]
+    assert [i.sample for i in borrowed] == [i.sample for i in rec]  # the true wording, not "The bell"
+    own = [i for i in captured[0] if i.sample.task == "rec"]
+    assert len(own) == len(rec) and any(i.sample.conversation[1].content.startswith("The bell[") for i in own)
+    assert all("The bell" not in t.content for i in captured[1] for t in i.sample.conversation)
+
+
 def test_the_refit_learns_nothing_here_from_phrases_the_image_lacks(tmp_path, synth_data, start):
     from omniground.model.api import load
 

@@ -323,6 +323,8 @@ def read_pointer_inputs(og, items: list[TrainItem], batch_size: int, console: Co
     "nothing here" (target all -1): what the region pointer's presence learns from; the answers of the tasks
     `own_words` lists in the model's own words (`in_own_words`). Per head its loss's inputs, each joined over
     the batches (`cat_padded`; a reread's text as `RaggedText`)."""
+    # absent phrases borrow the REC samples' true wording: the model's own words name what the image holds
+    templates = [i for i in items if i.sample.task == "rec" and i.sample.boxes]
     if own_words:
         items = in_own_words(og, items, own_words, batch_size, console, what)
         give_back_freed_memory()  # generation's freed heap (0.4 GB for 637 answers): the read's peak comes next
@@ -334,8 +336,8 @@ def read_pointer_inputs(og, items: list[TrainItem], batch_size: int, console: Co
         if head is None or head.absent is None:
             raise TrainConfigError("negatives in the pointer refit's data teach the region pointer 'nothing here': "
                                    "the model needs region_presence (model.config_updates: {region_presence: true})")
-        rec = [i for i in rest if i.sample.task == "rec" and i.sample.boxes]
-        absent = capture(og, absent_as_rec(negatives, rec), batch_size, console, f"{what}, absent phrases")["region"]
+        absent = capture(og, absent_as_rec(negatives, templates), batch_size, console,
+                         f"{what}, absent phrases")["region"]
         absent[3] = [torch.full_like(target, -1.0) for target in absent[3]]
         for field, more in zip(seen.setdefault("region", [[] for _ in absent]), absent):
             field += more
