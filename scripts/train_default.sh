@@ -11,6 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+# each stage's output goes through tee into its log; in a terminal, rich would otherwise draw a stage's progress
+# bars only once they end (27 min of silence in stage 0), as it does for a pipe
+if [ -t 1 ]; then export TTY_COMPATIBLE=1; fi
 VARIANT=${1:-tiny}
 RUN=runs/omniground-$VARIANT
 DATA=runs/data/synth
