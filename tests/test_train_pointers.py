@@ -124,7 +124,7 @@ def test_the_refit_through_the_cli_and_its_errors(tmp_path, synth_data, start):
     path.write_text(yaml.safe_dump(cfg))
     r = runner.invoke(app, ["train", str(path)])
     assert r.exit_code == 2 and "region_presence" in r.output and "Traceback" not in r.output
-    # answers in the model's own words for a task there is none of: one line, exit 2
+    # answers in the model's own words for a task name that does not exist (misspelt): one line, exit 2
     cfg["own_words"] = ["sound_localisation"]
     path.write_text(yaml.safe_dump(cfg))
     r = runner.invoke(app, ["train", str(path)])
