@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,25 @@ def test_config_errors_are_one_line(tmp_path):
     assert ok.max_steps == 7 and ok.model.tiny == {}
     with pytest.raises(TrainConfigError, match="config_updates applies to from_checkpoint"):
         load_config(two, {"model": {"tiny": {}, "config_updates": {"span_pointers": True}}})
+
+
+def test_config_errors_name_every_problem_at_once_and_the_key_a_typo_meant(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: 1\noutput_dir: x\nmodel: {tiny: {}}\ntrain_data: [{path: a.jsonl, taks: [rec]}]\n"
+                   "batchsize: 3\nlr: abc\nwibble: 1\n")
+    with pytest.raises(TrainConfigError) as e:
+        load_config(bad)
+    message = str(e.value)
+    assert "\n" not in message
+    for problem in ("train_data.0.taks: not a config key (did you mean tasks?)", "max_steps: missing",
+                    "lr: Input should be a valid number", "batchsize: not a config key (did you mean batch_size?)",
+                    "wibble: not a config key"):
+        assert problem in message
+    assert "wibble: not a config key (" not in message  # nothing close to suggest
+    for stage, said in (("", "stage: missing ("), ("stage: 7\n", "stage: 7 is not a stage (")):
+        (tmp_path / "s.yaml").write_text(stage + "output_dir: x\n")
+        with pytest.raises(TrainConfigError, match=re.escape(said) + ".*pointers the pointer refit"):
+            load_config(tmp_path / "s.yaml")
 
 
 def test_cli_reports_bad_input_in_one_line_with_exit_2(tmp_path):

@@ -14,6 +14,7 @@ same file works on any machine that has the data.
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
 
@@ -166,10 +167,29 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    kinds = {0: EncoderConfig, 1: TrainConfig, 2: TrainConfig, 3: TrainConfig, "pointers": PointerConfig}
+    stage = raw.get("stage")
+    if isinstance(stage, bool) or stage not in kinds:
+        stages = "0 encoder pre-training, 1 alignment, 2 grounding, 3 instruction tuning, pointers the pointer refit"
+        raise TrainConfigError(f"{path}: stage: {'missing' if stage is None else f'{stage!r} is not a stage'} "
+                               f"({stages})")
     try:
-        kind = {0: EncoderConfig, "pointers": PointerConfig}.get(raw.get("stage"), TrainConfig)
-        return kind.model_validate(raw)
+        return kinds[stage].model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err.get("loc", ()))
-        raise TrainConfigError(f"{path}: {where + ': ' if where else ''}{err['msg']}") from None
+        raise TrainConfigError(f"{path}: {'; '.join(config_problem(err) for err in e.errors())}") from None
+
+
+# every key a config may hold, at any depth: what an unknown key is compared with
+KNOWN_KEYS = {name for kind in (EncoderConfig, TrainConfig, PointerConfig, DataSource, ModelInit)
+              for name in kind.model_fields}
+
+
+def config_problem(err: dict) -> str:
+    """One pydantic error -> "where: what", an unknown key with the known one it is closest to, if any: a
+    mistyped key ("batchsize") is the commonest slip in a YAML config, and pydantic only says it is extra."""
+    where = ".".join(str(x) for x in err.get("loc", ()))
+    what = "missing" if err.get("type") == "missing" else err["msg"]
+    if err.get("type") == "extra_forbidden":
+        close = get_close_matches(str(err["loc"][-1]), sorted(KNOWN_KEYS), n=1)
+        what = "not a config key" + (f" (did you mean {close[0]}?)" if close else "")
+    return f"{where}: {what}" if where else what
