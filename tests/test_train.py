@@ -256,6 +256,10 @@ def test_cli_reports_bad_input_in_one_line_with_exit_2(tmp_path):
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 2, r.output
         assert "Traceback" not in r.output and r.output.strip().count("\n") == 0
+    # the stage before not trained yet: where its model should be, and what to do
+    r = CliRunner().invoke(app, [str(missing_data), "--set", f"model={{from_checkpoint: {tmp_path / 'stage0'}}}"])
+    assert r.exit_code == 2 and r.output.strip().count("\n") == 0, r.output
+    assert f"model.from_checkpoint: no model directory at {tmp_path / 'stage0'} (train the stage" in r.output
 
 
 def test_lora_stage_with_gradient_checkpointing_saves_a_plain_merged_checkpoint(tmp_path, data):

@@ -33,7 +33,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.files import atomic_output
 from omniground.model.api import OmniGround
-from omniground.train.config import ModelInit, StageConfig, TrainConfig
+from omniground.train.config import ModelInit, StageConfig, TrainConfig, TrainConfigError
 from omniground.train.data import BatchPlan, Collator, SampleDataset, load_sources, shard
 from omniground.train.evaluate import eval_loss, grounding_metrics
 from omniground.train.report import plot_curves, write_metrics
@@ -56,9 +56,13 @@ logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsSaved())
 def build_start_model(init: ModelInit) -> OmniGround:
     """The stage's starting point: a saved checkpoint, a fresh tiny model, or pretrained backbones."""
     if init.from_checkpoint is not None:
-        from omniground.model.api import load
+        from omniground.model.api import ModelNotFoundError, load
 
-        og = load(init.from_checkpoint, **(init.config_updates or {}))
+        try:
+            og = load(init.from_checkpoint, **(init.config_updates or {}))
+        except ModelNotFoundError as e:  # most often the stage before has not been trained yet
+            raise TrainConfigError(f"model.from_checkpoint: {e} (train the stage it comes from first, or "
+                                   "--set model.from_checkpoint=DIR)") from None
         og.model.train()
         return og
     if init.tiny is not None:
