@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,21 @@ class _CallbackStreamer:
             self.shown = text
 
 
+@contextmanager
+def transformers_bars_off():
+    """Inside, transformers draws no progress bars: loading or writing a small model's one shard takes a blink,
+    and its bar is only noise among the CLI's and the trainer's own output."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 class OmniGround:
     """A model and its processor, ready to answer."""
 
@@ -102,15 +118,8 @@ class OmniGround:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | None = None, dtype=None, **kwargs) -> OmniGround:
-        from transformers.utils import logging as hf_logging
-
-        shown = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a small model loads in a blink; the bar is only noise in CLI output
-        try:
+        with transformers_bars_off():
             model = OmniGroundForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-        finally:
-            if shown:
-                hf_logging.enable_progress_bar()
         if device is not None:
             model.to(device)
         model.eval()
@@ -118,7 +127,8 @@ class OmniGround:
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Model (safetensors), config, generation config and tokenizer in one directory."""
-        self.model.save_pretrained(path)
+        with transformers_bars_off():
+            self.model.save_pretrained(path)
         self.processor.save_pretrained(path)
 
     @property

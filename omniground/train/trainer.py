@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.files import atomic_output
-from omniground.model.api import OmniGround
+from omniground.model.api import OmniGround, transformers_bars_off
 from omniground.train.config import ModelInit, StageConfig, TrainConfig, TrainConfigError
 from omniground.train.data import BatchPlan, Collator, SampleDataset, load_sources, shard
 from omniground.train.evaluate import eval_loss, grounding_metrics
@@ -334,7 +334,8 @@ class Trainer:
             model.merge_lora()  # the next stage and users load a plain checkpoint
         state_dict = acc.get_state_dict(self.model)  # gathered from shards under FSDP / ZeRO
         if acc.is_main_process:
-            model.save_pretrained(self.cfg.model_dir, state_dict=state_dict)
+            with transformers_bars_off():
+                model.save_pretrained(self.cfg.model_dir, state_dict=state_dict)
             self.processor.save_pretrained(self.cfg.model_dir)
             write_metrics(self.cfg.output_dir / "metrics.json", summary)
             plot_curves(self.cfg.output_dir / "loss.png", self.history, self.evals, title=f"stage {self.cfg.stage}")
