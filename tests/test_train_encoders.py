@@ -202,3 +202,26 @@ def test_stage0_through_the_cli_and_its_errors(tmp_path, synth_data):
     path.write_text(yaml.safe_dump(cfg))
     r = runner.invoke(app, ["train", str(path)])
     assert r.exit_code == 2 and "nothing to pre-train" in r.output and "Traceback" not in r.output
+
+
+def test_stage0_stopped_mid_branch_or_between_branches_resumes_to_the_uninterrupted_weights(tmp_path, synth_data):
+    whole = _config(tmp_path / "whole", synth_data, steps={"audio": 12}, max_steps=14, save_every=5)
+    pretrain_encoders(whole)
+    assert not (whole.output_dir / "checkpoints" / "stage0.pt").exists()  # finished: nothing left to resume
+    reference = load_file(str(next(whole.model_dir.glob("*.safetensors"))))
+    reference_history = json.loads((whole.output_dir / "metrics.json").read_text())["history"]
+    # image 14 steps, then audio 12: stopped at image step 12 (last saved at 10), then at audio step 7 (saved at 5)
+    cut = _config(tmp_path / "cut", synth_data, steps={"audio": 12}, max_steps=14, save_every=5)
+    assert pretrain_encoders(cut, stop_after=12)["stopped_at"] == {"branch": "image", "step": 12}
+    assert pretrain_encoders(cut, resume=True, stop_after=14 + 7)["stopped_at"] == {"branch": "audio", "step": 7}
+    assert torch.load(cut.output_dir / "checkpoints" / "stage0.pt", weights_only=False)["step"] == 5
+    summary = pretrain_encoders(cut, resume=True)
+    resumed = load_file(str(next(cut.model_dir.glob("*.safetensors"))))
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]  # noqa: E731
+    assert strip(summary["history"]) == strip(reference_history)  # each step logged once, as uninterrupted
+    # without --resume it starts over; without save_every nothing is saved to resume from
+    fresh = _config(tmp_path / "fresh", synth_data, modalities=["audio"], max_steps=4)
+    pretrain_encoders(fresh, stop_after=2)
+    assert not (fresh.output_dir / "checkpoints").exists()

@@ -130,6 +130,7 @@ class EncoderConfig(StageConfig):
     batch_size: int = Field(default=64, gt=0)  # max_steps counts per modality
     steps: dict[Literal["image", "audio"], int] = {}  # a modality's own step count instead of max_steps
     freeze_after: bool = True  # the saved model's encoders stay frozen in stages 1-3 (train_encoders=False)
+    save_every: int = Field(default=0, ge=0)  # resumable state every N steps of a branch and at its end (0: never)
 
 
 class PointerConfig(StageConfig):

@@ -37,6 +37,7 @@ from omniground.train.data import TrainItem, load_sources
 
 OBJECT_NAMES = [o.name for o in assets.OBJECTS]
 COLOUR_NAMES = ["natural", *assets.COLOURS]  # "natural": the glyph's own colours
+PROGRESS_FILE = "stage0.pt"  # under output_dir/checkpoints: where a stopped stage 0 resumes from
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,10 +239,23 @@ def encoder_batch(data: ImageSet | AudioSet, idx: list[int], rng: random.Random 
 # Training
 
 
-def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+def save_progress(cfg: EncoderConfig, state: dict[str, Any]) -> None:
+    """Stage 0's resumable state, `output_dir/checkpoints/stage0.pt`, written whole or not at all."""
+    path = cfg.output_dir / "checkpoints" / PROGRESS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console | None = None,
+                      stop_after: int | None = None) -> dict[str, Any]:
     """Stage 0 end to end: load data, pre-train each branch, save the checkpoint, metrics and curve.
 
-    Short, so it restarts rather than resumes: `resume` only skips a run that already finished.
+    Every `save_every` steps and at each branch's end it saves its state (model, the branch's heads,
+    optimizer, schedule, random states, batch order, history); `resume` goes on from there and gives what an
+    uninterrupted run gives, or skips a run that already finished. `stop_after` (tests): stop once that many
+    steps of all branches together are done, as if killed after its checkpoint.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -297,10 +311,24 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
 
     history: list[dict] = []
     evals: list[dict] = []
-    t0 = time.time()
+    done: list[str] = []  # branches trained to the end
+    saved = cfg.output_dir / "checkpoints" / PROGRESS_FILE
+    progress = torch.load(saved, weights_only=False) if resume and saved.is_file() else None
+    if progress is not None:
+        model.load_state_dict(progress["model"])
+        history, evals, done = progress["history"], progress["evals"], progress["done"]
+        rng.setstate(progress["rng"])
+        torch.set_rng_state(progress["torch_rng"])
+        where = f"{progress['branch']} step {progress['step']}" if progress["branch"] else "the end of " + done[-1]
+        console.print(f"stage 0 resumed from {saved} at {where}")
+    t0 = time.time() - (progress["train_seconds"] if progress else 0.0)
+    total = 0  # steps of all branches so far, for stop_after
     for name, b in branches.items():
         enc, heads = b["encoder"], b["heads"]
         steps = cfg.steps.get(name, cfg.max_steps)
+        if name in done:
+            total += steps
+            continue
         enc.train()
         params = list(enc.parameters()) + list(heads.parameters())
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -309,6 +337,20 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
         )  # as the trainer's
         data, n = b["train"], len(b["train"])
         order: list[int] = []
+        first = 0
+        if progress is not None and progress["branch"] == name:
+            heads.load_state_dict(progress["heads"])
+            opt.load_state_dict(progress["optimizer"])
+            schedule.load_state_dict(progress["schedule"])
+            order, first = progress["order"], progress["step"]
+
+        def save(branch: str | None, step: int) -> None:
+            extra = dict(heads=heads.state_dict(), optimizer=opt.state_dict(), schedule=schedule.state_dict()) \
+                if branch else {}
+            save_progress(cfg, dict(branch=branch, step=step, done=done, model=model.state_dict(), order=order,
+                                    rng=rng.getstate(), torch_rng=torch.get_rng_state(), history=history,
+                                    evals=evals, train_seconds=time.time() - t0, **extra))
+
         with Progress(
             TextColumn(f"stage 0 {name}"),
             BarColumn(),
@@ -317,8 +359,8 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
             TimeRemainingColumn(),
             console=console,
         ) as bar:
-            task = bar.add_task(name, total=steps, info="")
-            for step in range(steps):
+            task = bar.add_task(name, total=steps, completed=first, info="")
+            for step in range(first, steps):
                 if len(order) < cfg.batch_size:
                     order += rng.sample(range(n), n)
                 idx, order = order[: cfg.batch_size], order[cfg.batch_size :]
@@ -345,17 +387,26 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
                         completed=step + 1,
                         info=f"loss {row['loss']:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in info.items()),
                     )
+                if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
+                    save(name, step + 1)
+                if stop_after is not None and total + step + 1 >= stop_after:
+                    return {"stopped_at": {"branch": name, "step": step + 1}}
+        total += steps
         if b["eval"] is not None:
             evals.append({"branch": name, "step": steps, **evaluate_branch(enc, heads, b["eval"])})
             console.print(
                 f"stage 0 {name} held-out: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in evals[-1].items() if isinstance(v, float))
             )
+        done.append(name)
+        if cfg.save_every:
+            save(None, 0)  # the branch's heads are done with
 
     out = cfg.output_dir
     if cfg.freeze_after:  # later stages keep them as they are, as the original keeps CLIP and Whisper
         model.config.train_encoders = False
     og.save_pretrained(cfg.model_dir)
+    saved.unlink(missing_ok=True)  # the model is whole: nothing left to resume
     summary = {
         "stage": 0,
         "branches": list(branches),

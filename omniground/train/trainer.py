@@ -75,8 +75,8 @@ def build_start_model(init: ModelInit) -> OmniGround:
 
 
 def finished_run(cfg: StageConfig, resume: bool, console: Console, what: str) -> dict[str, Any] | None:
-    """A short stage (0, the pointer refit) restarts rather than resumes: with `resume`, a run that finished
-    (its metrics and model saved) is kept and its metrics returned; otherwise None."""
+    """Stage 0 and the pointer refit keep no trainer checkpoints (stage 0 saves its own state): with `resume`, a
+    run that finished (its metrics and model saved) is kept and its metrics returned; otherwise None."""
     done = cfg.output_dir / "metrics.json"
     if resume and done.is_file() and (cfg.model_dir / "config.json").is_file():
         console.print(f"{what} already complete: {cfg.model_dir}")
