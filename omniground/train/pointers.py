@@ -14,7 +14,7 @@ model's inputs are more telling than on new clips. With `region_presence` the re
 "nothing here" from the negatives' absent phrases, read as REC answers (`absent_as_rec`); with
 `region_heads` / `span_heads` each head is fitted on its own, from its own start and batches; with `own_words`
 the listed tasks' answers are read in the model's own words before their box (`in_own_words`). It restarts
-rather than resumes (what it reads, about 10 GB for the default recipe, is not worth writing to disk), and runs
+rather than resumes (what it reads, several GB for the default recipe, is not worth writing to disk), and runs
 in one process (on the GPU where there is one).
 """
 
