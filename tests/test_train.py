@@ -287,3 +287,24 @@ def test_a_stage_saves_without_transformers_bar_and_leaves_the_bars_as_they_were
     assert (cfg.model_dir / "model.safetensors").is_file()
     assert "Writing model shards" not in capsys.readouterr().err  # transformers' bar for one small shard
     assert hf_logging.is_progress_bar_enabled()
+
+
+def test_an_interrupted_stage_says_what_resume_goes_on_from(tmp_path, data, monkeypatch):
+    import omniground.train.trainer as trainer_module
+    from omniground.train.cli import app
+
+    cfg = stage_config(tmp_path, data, 1, {"tiny": MICRO_MODEL}, max_steps=4, save_every=2)
+    path = tmp_path / "stage1.yaml"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    real = trainer_module.Trainer.train
+
+    def interrupted(self, resume=False, stop_after=None):
+        real(self, resume, stop_after=2)  # its checkpoint at step 2 is written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "train", interrupted)
+    r = CliRunner().invoke(app, [str(path)])
+    assert r.exit_code == 130 and "Traceback" not in r.output
+    assert f"interrupted; --resume goes on from {cfg.checkpoint_dir / 'step-2'}" in r.output.replace("\n", "")
+    r = CliRunner().invoke(app, [str(path), "--set", f"output_dir={tmp_path / 'other'}", "--set", "save_every=0"])
+    assert r.exit_code == 130 and "nothing was saved to resume from (save_every)" in r.output.replace("\n", "")

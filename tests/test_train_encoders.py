@@ -215,6 +215,9 @@ def test_stage0_stopped_mid_branch_or_between_branches_resumes_to_the_uninterrup
     assert pretrain_encoders(cut, stop_after=12)["stopped_at"] == {"branch": "image", "step": 12}
     assert pretrain_encoders(cut, resume=True, stop_after=14 + 7)["stopped_at"] == {"branch": "audio", "step": 7}
     assert torch.load(cut.output_dir / "checkpoints" / "stage0.pt", weights_only=False)["step"] == 5
+    from omniground.train.cli import resumable  # what `omniground train` says when interrupted here
+
+    assert resumable(cut) == f"--resume goes on from {cut.output_dir / 'checkpoints' / 'stage0.pt'}"
     summary = pretrain_encoders(cut, resume=True)
     resumed = load_file(str(next(cut.model_dir.glob("*.safetensors"))))
     assert resumed.keys() == reference.keys()

@@ -29,6 +29,7 @@ def train(
     from omniground.media.errors import MediaError
     from omniground.train.config import EncoderConfig, PointerConfig, load_config
 
+    cfg = None
     try:
         overrides = {}
         for item in set_:
@@ -52,6 +53,24 @@ def train(
     except (UserError, MediaError) as e:
         err_console.print(f"[red]omniground train: {e}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        said = f"interrupted; {resumable(cfg)}" if cfg is not None else "interrupted"
+        err_console.print(f"[red]omniground train: {said}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
+def resumable(cfg) -> str:
+    """What `--resume` would go on from, said after a stage is interrupted."""
+    from omniground.train.config import PointerConfig, TrainConfig
+    from omniground.train.encoders import PROGRESS_FILE
+    from omniground.train.trainer import latest_checkpoint
+
+    if isinstance(cfg, PointerConfig):
+        return "the pointer refit starts over when run again"
+    saved = latest_checkpoint(cfg) if isinstance(cfg, TrainConfig) else cfg.output_dir / "checkpoints" / PROGRESS_FILE
+    if saved is None or not saved.exists():
+        return "nothing was saved to resume from (save_every)"
+    return f"--resume goes on from {saved}"
 
 
 def main() -> None:
