@@ -308,3 +308,19 @@ def test_an_interrupted_stage_says_what_resume_goes_on_from(tmp_path, data, monk
     assert f"interrupted; --resume goes on from {cfg.checkpoint_dir / 'step-2'}" in r.output.replace("\n", "")
     r = CliRunner().invoke(app, [str(path), "--set", f"output_dir={tmp_path / 'other'}", "--set", "save_every=0"])
     assert r.exit_code == 130 and "nothing was saved to resume from (save_every)" in r.output.replace("\n", "")
+
+
+def test_the_loss_curve_grows_a_panel_of_held_out_figures_where_a_stage_measured_them(tmp_path):
+    from omniground.train.report import headline, plot_curves
+
+    assert headline({"acc@0.5": 0.7, "miou": 0.5}) == ("acc@0.5", 0.7)
+    assert headline({"r1@0.3": 0.9, "r1@0.5": 0.6}) == ("r1@0.5", 0.6)
+    assert headline({"miou": 0.5}) is None
+    history = [{"step": s, "loss": 3.0 / s} for s in range(1, 11)]
+    plain = [{"step": 10, "eval_loss": 0.5}]
+    graded = [{"step": 5, "eval_loss": 0.6, "metrics": {"rec/val": {"acc@0.5": 0.4}}},
+              {"step": 10, "eval_loss": 0.5, "metrics": {"rec/val": {"acc@0.5": 0.7}, "audio/val": {"r1@0.5": 0.6}}}]
+    plot_curves(tmp_path / "plain.png", history, plain)
+    plot_curves(tmp_path / "graded.png", history, graded)
+    with Image.open(tmp_path / "plain.png") as a, Image.open(tmp_path / "graded.png") as b:
+        assert a.size == (800, 400) and b.size == (800, 650)

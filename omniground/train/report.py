@@ -26,20 +26,35 @@ def write_metrics(path: Path, summary: dict[str, Any]) -> None:
 
 
 def plot_curves(path: Path, history: list[dict], evals: list[dict], title: str = "") -> None:
-    """One stage: train loss (and held-out loss where measured) against optimizer steps."""
+    """One stage: train loss (and held-out loss where measured) against optimizer steps, and below it the
+    held-out grounding figures where the stage measured them (`eval_generate`)."""
     plot_stages(path, [(title, history, evals)], title=title)
 
 
+def headline(figures: dict[str, float]) -> tuple[str, float] | None:
+    """A task's held-out figures -> the one its benchmark reports: Acc@0.5 for boxes, R@1 at IoU 0.5 for spans."""
+    for key in ("acc@0.5", "r1@0.5"):
+        if figures.get(key) is not None:
+            return key, figures[key]
+    return None
+
+
 def plot_stages(path: Path, stages: list[tuple[str, list[dict], list[dict]]], title: str = "") -> None:
-    """Several stages end to end on one step axis (each stage's steps offset by the ones before)."""
+    """Several stages end to end on one step axis (each stage's steps offset by the ones before): the loss, and
+    where any stage generated held-out answers, each task's headline figure in a panel below -- the loss
+    alone does not say whether boxes and spans got better."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    graded = any(e.get("metrics") for _, _, evals in stages for e in evals)
+    fig, axes = plt.subplots(2 if graded else 1, 1, figsize=(8, 6.5 if graded else 4), dpi=100, sharex=True,
+                             squeeze=False, gridspec_kw={"height_ratios": [3, 2]} if graded else None)
+    ax = axes[0, 0]
     offset = 0
+    figures: dict[str, list[tuple[int, float]]] = {}  # "rec/val acc@0.5" -> (step, value) across stages
     for k, (name, history, evals) in enumerate(stages):
         colour = f"C{k}"
         label = f"{name} " if len(stages) > 1 else ""
@@ -50,10 +65,14 @@ def plot_stages(path: Path, stages: list[tuple[str, list[dict], list[dict]]], ti
         if held:
             ax.plot([offset + e["step"] for e in held], [e["eval_loss"] for e in held], "o--", color=colour,
                     lw=1, label=f"{label}held-out loss")
+        for e in evals:
+            for task, values in (e.get("metrics") or {}).items():
+                if (found := headline(values)) is not None:
+                    figures.setdefault(f"{task} {found[0]}", []).append((offset + e["step"], found[1]))
         offset += max([r["step"] for r in history] + [e["step"] for e in evals] + [0])
         if len(stages) > 1:
-            ax.axvline(offset, color="0.7", lw=0.8)
-    ax.set_xlabel("optimizer step")
+            for a in axes[:, 0]:
+                a.axvline(offset, color="0.7", lw=0.8)
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())
@@ -65,6 +84,15 @@ def plot_stages(path: Path, stages: list[tuple[str, list[dict], list[dict]]], ti
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title)
+    if graded:
+        low = axes[1, 0]
+        for j, (name, points) in enumerate(sorted(figures.items())):
+            low.plot(*zip(*points), "o-", color=f"C{j}", lw=1, ms=4, label=name)
+        low.set_ylim(0, 1)
+        low.set_ylabel("held out")
+        low.grid(alpha=0.3)
+        low.legend(fontsize=8, loc="lower right")
+    axes[-1, 0].set_xlabel("optimizer step")
     fig.tight_layout()
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
