@@ -324,3 +324,35 @@ def test_the_loss_curve_grows_a_panel_of_held_out_figures_where_a_stage_measured
     plot_curves(tmp_path / "graded.png", history, graded)
     with Image.open(tmp_path / "plain.png") as a, Image.open(tmp_path / "graded.png") as b:
         assert a.size == (800, 400) and b.size == (800, 650)
+
+
+def test_stage_progress_writes_lines_to_a_log_and_a_bar_to_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from omniground.train.report import StageProgress
+
+    log = io.StringIO()
+    with StageProgress(Console(file=log, width=200), "stage 0 image", 25, unit="images", every=10) as bar:
+        for step in range(1, 26):
+            bar.step(step, loss=float(step), lr=1e-3, items=64, extra="acc 0.5")
+    lines = log.getvalue().splitlines()
+    assert [line.split(" loss")[0] for line in lines] == [f"stage 0 image step {s}/25" for s in (10, 20, 25)]
+    assert lines[0].startswith("stage 0 image step 10/25 loss 5.5000 lr 1.00e-03 ")  # the mean of steps 1-10
+    assert lines[2].startswith("stage 0 image step 25/25 loss 23.0000 ") and lines[2].endswith(" images/s acc 0.5")
+    screen = io.StringIO()
+    with StageProgress(Console(file=screen, force_terminal=True, width=200), "stage 1", 10) as bar:
+        for step in range(1, 11):
+            bar.step(step, loss=1.0, lr=1e-3, items=8)
+    assert "stage 1 step" not in screen.getvalue() and "10/10" in screen.getvalue()  # the bar, not lines
+    quiet = io.StringIO()
+    with StageProgress(Console(file=quiet), "stage 1", 10, shown=False) as bar:  # another process than the main
+        bar.step(10, loss=1.0, lr=1e-3, items=8)
+    assert quiet.getvalue() == ""
+    read = io.StringIO()  # a pass with no loss: a line at each tenth of the way
+    with StageProgress(Console(file=read, width=200), "pointers: reading training data", 95) as bar:
+        for _ in range(0, 95, 32):
+            bar.advance(min(32, 95 - _))
+    assert [line.split(" samples/s")[0].rsplit(" ", 1)[0] for line in read.getvalue().splitlines()] == \
+        [f"pointers: reading training data {n}/95" for n in (32, 64, 95)]

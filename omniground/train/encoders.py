@@ -257,10 +257,8 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
     uninterrupted run gives, or skips a run that already finished. `stop_after` (tests): stop once that many
     steps of all branches together are done, as if killed after its checkpoint.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from omniground.model.modeling_omniground import SmallAudioEncoder, SmallViT
-    from omniground.train.report import plot_stages, write_metrics
+    from omniground.train.report import StageProgress, plot_stages, write_metrics
     from omniground.train.trainer import build_start_model, finished_run
 
     console = console or Console(stderr=True)
@@ -351,15 +349,8 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
                                     rng=rng.getstate(), torch_rng=torch.get_rng_state(), history=history,
                                     evals=evals, train_seconds=time.time() - t0, **extra))
 
-        with Progress(
-            TextColumn(f"stage 0 {name}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(),
-            console=console,
-        ) as bar:
-            task = bar.add_task(name, total=steps, completed=first, info="")
+        unit = "images" if name == "image" else "windows"
+        with StageProgress(console, f"stage 0 {name}", steps, first, unit=unit, every=cfg.log_every) as bar:
             for step in range(first, steps):
                 if len(order) < cfg.batch_size:
                     order += rng.sample(range(n), n)
@@ -381,12 +372,7 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
                     "elapsed_s": time.time() - t0,
                 }
                 history.append(row)
-                if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-                    bar.update(
-                        task,
-                        completed=step + 1,
-                        info=f"loss {row['loss']:.3f} " + " ".join(f"{k} {v:.3f}" for k, v in info.items()),
-                    )
+                bar.step(step + 1, row["loss"], lr, cfg.batch_size, " ".join(f"{k} {v:.3f}" for k, v in info.items()))
                 if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
                     save(name, step + 1)
                 if stop_after is not None and total + step + 1 >= stop_after:
@@ -407,6 +393,8 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
         model.config.train_encoders = False
     og.save_pretrained(cfg.model_dir)
     saved.unlink(missing_ok=True)  # the model is whole: nothing left to resume
+    if saved.parent.is_dir() and not any(saved.parent.iterdir()):
+        saved.parent.rmdir()
     summary = {
         "stage": 0,
         "branches": list(branches),

@@ -72,17 +72,13 @@ def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str
     """One forward pass of the frozen model over `items` (with labels, as in training) -> per head the
     inputs of its loss for every target box / span: per input, its batches' parts (`read_pointer_inputs` joins
     them)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from omniground.train.report import StageProgress
 
     model = og.model.eval()
     data, collate = SampleDataset(items, og.processor, cache_media=False), Collator(og.processor)
     lengths = data.lengths()  # batches of one kind of media and like lengths: mixed ones pad and encode more
     order = sorted(range(len(items)), key=lambda i: (tuple(m.type for m in items[i].sample.media), int(lengths[i])))
-    with recording_pointer_inputs(model) as seen, Progress(
-        TextColumn(f"pointers: reading {what}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeRemainingColumn(), console=console,
-    ) as bar:
-        task = bar.add_task(what, total=len(data))
+    with recording_pointer_inputs(model) as seen, StageProgress(console, f"pointers: reading {what}", len(data)) as bar:
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
         def read(idx: list[int]):
@@ -97,7 +93,7 @@ def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str
                 if k + 1 < len(batches):
                     upcoming = reader.submit(read, batches[k + 1])
                 model(**batch.to(model.device))
-                bar.update(task, advance=len(batches[k]))
+                bar.advance(len(batches[k]))
     return {name: [list(field) for field in zip(*calls)] for name, calls in seen.items() if calls}
 
 
@@ -221,16 +217,15 @@ def in_own_words(og, items: list[TrainItem], tasks: Sequence[str], batch_size: i
     wrongly in about two answers of three on omniground-tiny: its head, refitted on the true names, got
     held-out boxes right less often than before the refit (0.43 against 0.67; configs/omniground-tiny/README.md).
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from omniground.train.report import StageProgress
 
     chosen = [j for j, item in enumerate(items) if item.sample.task in tasks and _one_box_answer(item.sample)]
     if not chosen:
         return items
     out = list(items)
     og.model.eval()
-    with Progress(TextColumn(f"pointers: answering {what} in the model's own words"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task(what, total=len(chosen))
+    with StageProgress(console, f"pointers: answering {what} in the model's own words", len(chosen),
+                      unit="answers") as bar:
         for k in range(0, len(chosen), batch_size):
             rows = chosen[k : k + batch_size]
             samples = [items[j].sample for j in rows]
@@ -245,7 +240,7 @@ def in_own_words(og, items: list[TrainItem], tasks: Sequence[str], batch_size: i
                 turns = [s.conversation[0].model_dump(),
                          {"role": "assistant", "content": answer.text[:own] + true[_first_box_at(true) :]}]
                 out[j] = TrainItem(Sample.model_validate({**s.model_dump(), "conversation": turns}), items[j].root)
-            bar.update(task, advance=len(rows))
+            bar.advance(len(rows))
     return out
 
 
@@ -365,16 +360,14 @@ def mean_loss(head, examples: tuple[torch.Tensor, ...], batch: int = 256) -> flo
 def fit_head(head, examples, steps: int, cfg: PointerConfig, generator: torch.Generator, console: Console,
              name: str) -> list[dict]:
     """AdamW on the head's own loss over random batches of the recorded examples, the trainer's schedule."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from omniground.train.report import StageProgress
 
     head.train()
     params = [p for p in head.parameters() if p.requires_grad]  # the region pointer's box regressor stays frozen
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = get_cosine_with_min_lr_schedule_with_warmup(opt, cfg.warmup_steps, steps, min_lr_rate=cfg.min_lr_ratio)
     n, order, history = len(examples[0]), torch.empty(0, dtype=torch.long), []
-    with Progress(TextColumn(f"pointers: fitting {name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console) as bar:
-        task = bar.add_task(name, total=steps, info="")
+    with StageProgress(console, f"pointers: fitting {name}", steps, unit="examples", every=cfg.log_every) as bar:
         for step in range(steps):
             if len(order) < min(cfg.batch_size, n):
                 order = torch.cat([order, torch.randperm(n, generator=generator)])
@@ -386,8 +379,7 @@ def fit_head(head, examples, steps: int, cfg: PointerConfig, generator: torch.Ge
             opt.step()
             schedule.step()
             history.append({"branch": name, "step": step + 1, "loss": loss.item(), "lr": lr})
-            if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-                bar.update(task, completed=step + 1, info=f"loss {loss.item():.3f}")
+            bar.step(step + 1, history[-1]["loss"], lr, len(idx))
     head.eval()
     return history
 

@@ -1,13 +1,75 @@
-"""What a finished stage leaves for people: metrics.json and a loss-curve PNG (and one for a whole recipe)."""
+"""What a stage shows and leaves for people: its progress while it runs (`StageProgress`), then metrics.json and a
+loss-curve PNG (and one for a whole recipe)."""
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
 from omniground.files import atomic_output
+
+
+class StageProgress:
+    """A training loop's progress, the same for every stage: in a terminal, a bar with the loss, lr and
+    throughput; in a log (a pipe, a file, `nohup`), one line per `report`, as rich draws a bar there only once
+    it ends and a 27-minute stage would print nothing until then."""
+
+    def __init__(self, console: Console, label: str, total: int, completed: int = 0, unit: str = "samples",
+                 shown: bool = True, every: int = 10):
+        self.console, self.label, self.total, self.unit, self.every = console, label, total, unit, every
+        self.window: tuple[float, list[float], int] = (time.perf_counter(), [], 0)  # `step`'s since its last report
+        self.lines = shown and not console.is_terminal
+        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                            disable=not shown or self.lines)
+        self.task = self.bar.add_task(label, total=total, completed=completed, info="")
+        self.first = completed
+
+    def __enter__(self) -> StageProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.stop()
+
+    def advance_to(self, step: int) -> None:
+        self.bar.update(self.task, completed=step)
+
+    def step(self, step: int, loss: float, lr: float, items: int, extra: str = "") -> None:
+        """After each step of a plain loop: every `every` steps and at the last, `report` the mean loss and the
+        items a second since the last report."""
+        started, losses, count = self.window
+        losses.append(loss)
+        count += items
+        if step % self.every and step != self.total:
+            self.window = (started, losses, count)
+            return
+        self.report(step, sum(losses) / len(losses), lr, count / max(time.perf_counter() - started, 1e-9), extra)
+        self.window = (time.perf_counter(), [], 0)
+
+    def advance(self, items: int) -> None:
+        """A pass with no loss (data read through a model, `total` items): `items` more done; in a log, a line at
+        each tenth of the way."""
+        task = self.bar.tasks[0]
+        before, started = task.completed, self.window[0]
+        self.bar.update(self.task, advance=items)
+        if self.lines and int(10 * task.completed / self.total) > int(10 * before / self.total):
+            rate = (task.completed - self.first) / max(time.perf_counter() - started, 1e-9)
+            self.console.print(f"{self.label} {task.completed:.0f}/{self.total} {rate:.1f} {self.unit}/s",
+                               highlight=False, soft_wrap=True)
+
+    def report(self, step: int, loss: float, lr: float, rate: float, extra: str = "") -> None:
+        """The figures at `step`: the loss (over the steps since the last report), lr, and `unit`s a second."""
+        info = f"loss {loss:.4f} lr {lr:.2e} {rate:.1f} {self.unit}/s" + (f" {extra}" if extra else "")
+        self.bar.update(self.task, completed=step, info=info)
+        if self.lines:
+            self.console.print(f"{self.label} step {step}/{self.total} {info}", highlight=False, soft_wrap=True)
 
 
 def _json_safe(x: Any) -> Any:

@@ -28,7 +28,6 @@ import yaml
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import DistributedType, set_seed
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.files import atomic_output
@@ -36,7 +35,7 @@ from omniground.model.api import OmniGround, transformers_bars_off
 from omniground.train.config import ModelInit, StageConfig, TrainConfig, TrainConfigError
 from omniground.train.data import BatchPlan, Collator, SampleDataset, load_sources, shard
 from omniground.train.evaluate import eval_loss, grounding_metrics
-from omniground.train.report import plot_curves, write_metrics
+from omniground.train.report import StageProgress, plot_curves, write_metrics
 
 STATE_FILE = "trainer_state.json"
 
@@ -248,15 +247,8 @@ class Trainer:
         self.model.train()
         micro = cfg.grad_accum
         window_loss, window_steps, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
-        progress = Progress(
-            TextColumn(f"stage {cfg.stage}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[sps]:.1f} samples/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
-            disable=not acc.is_main_process or not self.console.is_terminal,
-        )
-        with progress:
-            bar = progress.add_task("train", total=cfg.max_steps, completed=self.step, loss=float("nan"),
-                                    lr=self.scheduler.get_last_lr()[0], sps=0.0)
+        with StageProgress(self.console, f"stage {cfg.stage}", cfg.max_steps, self.step,
+                          shown=acc.is_main_process) as progress:
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
                 step_loss = torch.zeros((), device=acc.device)
@@ -289,13 +281,9 @@ class Trainer:
                            "lr": self.scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
                            "samples_seen": self.samples_seen}
                     self.history.append(row)
-                    progress.update(bar, loss=row["loss"], lr=row["lr"], sps=row["samples_per_s"])
-                    if acc.is_main_process and not self.console.is_terminal:
-                        self.console.print(
-                            f"step {self.step}/{cfg.max_steps} loss {row['loss']:.4f} lr {row['lr']:.2e} "
-                            f"{row['samples_per_s']:.1f} samples/s", highlight=False)
+                    progress.report(self.step, row["loss"], row["lr"], row["samples_per_s"])
                     window_loss, window_steps, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
-                progress.update(bar, completed=self.step)
+                progress.advance_to(self.step)
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                     self._log_eval(self.evaluate())
                     window_start = time.perf_counter()  # evaluation time is not training throughput
