@@ -66,10 +66,25 @@ python -m omniground eval run --data $DATA/test-large/test.jsonl --task rec --li
 python -m omniground eval run --data $DATA/test-large/test.jsonl --task rec --limit 2000 --model $RUN/pointers/model \
     --answer-start --out $RUN/eval-test-large-rec-phrase
 
+# this run's held-out figures beside the shipped model's and the targets, kept as $RUN/eval.json
+RUN=$RUN python - <<'PY'
+import json
+import os
+from pathlib import Path
+from rich.console import Console
+from omniground.train.report import recipe_figures, recipe_table, write_metrics
+run = Path(os.environ["RUN"])
+figures = recipe_figures(run)
+write_metrics(run / "eval.json", figures)
+card = Path("omniground/checkpoints/omniground-tiny/eval.json")
+shipped = json.loads(card.read_text()) if card.is_file() else None
+Console().print(recipe_table(figures, shipped, title=f"{run.name}: held out (seeds never used in training)"))
+PY
+
 [ "$VARIANT" = tiny ] || { echo "evaluated $RUN/pointers/model (only omniground-tiny is installed)"; exit 0; }
 DEST=omniground/checkpoints/omniground-tiny
 rm -rf $DEST && mkdir -p $DEST
-cp $RUN/pointers/model/* $DEST/
+cp $RUN/pointers/model/* $RUN/eval.json $DEST/
 {
     echo "commit: $COMMIT"
     echo "data: scripts/make_default_data.sh (train seed 0, extra seed 3, extra2 seed 5, extra3 seed 6, extra5..extra14 seeds 8..17, val seed 1, test/unseen seed 2, test-images seed 4, test-large seed 40)"

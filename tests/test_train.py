@@ -356,3 +356,36 @@ def test_stage_progress_writes_lines_to_a_log_and_a_bar_to_a_terminal():
             bar.advance(min(32, 95 - _))
     assert [line.split(" samples/s")[0].rsplit(" ", 1)[0] for line in read.getvalue().splitlines()] == \
         [f"pointers: reading training data {n}/95" for n in (32, 64, 95)]
+
+
+def test_a_recipe_run_is_summed_up_beside_the_shipped_model_and_the_targets(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from omniground.train.report import recipe_figures, recipe_table
+
+    def evaluated(folder, groups):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "metrics.json").write_text(json.dumps({"system": "x", "metrics": groups}))
+
+    evaluated("eval-test", {"rec/test": {"acc@0.5": 0.84, "n": 276}, "video_grounding/test": {"r1@0.5": 0.8, "n": 200},
+                            "negative/test": {"rejection_acc": 0.1, "n": 49}})
+    evaluated("eval-test-rec-phrase", {"rec/test": {"acc@0.5": 0.86, "n": 276}})
+    evaluated("eval-unseen", {"audio_grounding/unseen": {"r1@0.5": 0.6, "n": 100}})
+    figures = recipe_figures(tmp_path)
+    assert figures == {"REC Acc@0.5, test, phrase given": {"value": 0.86, "n": 276},
+                       "REC Acc@0.5, test, free answer": {"value": 0.84, "n": 276},
+                       "video R@1 at IoU 0.5, test": {"value": 0.8, "n": 200},
+                       "audio, unseen combinations": {"value": 0.6, "n": 100}}
+    shipped = {"REC Acc@0.5, test, free answer": {"value": 0.833, "n": 276},
+               "audio R@1 at IoU 0.5, test": {"value": 0.865, "n": 200}}
+    out = io.StringIO()
+    Console(file=out, width=150).print(recipe_table(figures, shipped))
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in out.getvalue().splitlines() if line.count("│") == 6}
+    assert rows["REC Acc@0.5, test, phrase given"] == ["276", "0.860", "-", "0.85 met"]
+    assert rows["REC Acc@0.5, test, free answer"] == ["276", "0.840", "0.833", "0.85 missed"]
+    assert rows["audio R@1 at IoU 0.5, test"] == ["200", "-", "0.865", "0.75"]  # this run did not measure it
+    assert rows["audio, unseen combinations"] == ["100", "0.600", "-", ""]
+    assert "sound localisation, large draw (seed 40)" not in rows  # measured by neither

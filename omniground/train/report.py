@@ -159,3 +159,58 @@ def plot_stages(path: Path, stages: list[tuple[str, list[dict], list[dict]]], ti
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+# The held-out figures of a recipe run (the evaluations `scripts/train_default.sh` writes under its run folder),
+# with the targets the default model is held to: label, folder, task, metric, target.
+RECIPE_FIGURES = (
+    ("REC Acc@0.5, test, phrase given", "eval-test-rec-phrase", "rec", "acc@0.5", 0.85),
+    ("REC Acc@0.5, test, free answer", "eval-test", "rec", "acc@0.5", 0.85),
+    ("video R@1 at IoU 0.5, test", "eval-test", "video_grounding", "r1@0.5", 0.75),
+    ("audio R@1 at IoU 0.5, test", "eval-test", "audio_grounding", "r1@0.5", 0.75),
+    ("REC, unseen combinations, phrase given", "eval-unseen-rec-phrase", "rec", "acc@0.5", None),
+    ("REC, unseen combinations, free answer", "eval-unseen", "rec", "acc@0.5", None),
+    ("video, unseen combinations", "eval-unseen", "video_grounding", "r1@0.5", None),
+    ("audio, unseen combinations", "eval-unseen", "audio_grounding", "r1@0.5", None),
+    ("REC, second draw (seed 4), phrase given", "eval-test-images-rec-phrase", "rec", "acc@0.5", None),
+    ("REC, second draw (seed 4), free answer", "eval-test-images", "rec", "acc@0.5", None),
+    ("sound localisation, second draw (seed 4)", "eval-test-images", "sound_localization", "acc@0.5", None),
+    ("REC, large draw (seed 40), phrase given", "eval-test-large-rec-phrase", "rec", "acc@0.5", None),
+    ("REC, large draw (seed 40), free answer", "eval-test-large-rec", "rec", "acc@0.5", None),
+    ("sound localisation, large draw (seed 40)", "eval-test-large-sound", "sound_localization", "acc@0.5", None),
+)
+
+
+def recipe_figures(run: Path) -> dict[str, dict[str, Any]]:
+    """A recipe run's held-out figures by `RECIPE_FIGURES` label, {"value", "n"} each, for those it evaluated:
+    what a run is compared on, and what the installed model keeps beside its weights (`eval.json`)."""
+    out = {}
+    for label, folder, task, metric, _ in RECIPE_FIGURES:
+        path = run / folder / "metrics.json"
+        if not path.is_file():
+            continue
+        groups = json.loads(path.read_text(encoding="utf-8"))["metrics"]
+        found = [g for name, g in groups.items() if name.split("/")[0] == task and g.get(metric) is not None]
+        if found:
+            out[label] = {"value": found[0][metric], "n": found[0].get("n")}
+    return out
+
+
+def recipe_table(figures: dict[str, dict], shipped: dict[str, dict] | None = None, title: str = ""):
+    """A rich table of a run's figures beside the shipped model's (its `eval.json`) and the targets: whether a
+    reproduction got what ships, at a glance."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name, justify in (("held out", "left"), ("n", "right"), ("this run", "right"), ("shipped", "right"),
+                          ("target", "right")):
+        table.add_column(name, justify=justify)
+    shown = lambda f: "-" if f is None else f"{f['value']:.3f}"  # noqa: E731
+    for label, _, _, _, target in RECIPE_FIGURES:
+        mine, theirs = figures.get(label), (shipped or {}).get(label)
+        if mine is None and theirs is None:
+            continue
+        verdict = "" if target is None or mine is None else (" met" if mine["value"] >= target else " missed")
+        table.add_row(label, str((mine or theirs).get("n") or ""), shown(mine), shown(theirs),
+                      "" if target is None else f"{target:.2f}{verdict}")
+    return table
