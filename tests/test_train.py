@@ -389,3 +389,12 @@ def test_a_recipe_run_is_summed_up_beside_the_shipped_model_and_the_targets(tmp_
     assert rows["audio R@1 at IoU 0.5, test"] == ["200", "-", "0.865", "0.75"]  # this run did not measure it
     assert rows["audio, unseen combinations"] == ["100", "0.600", "-", ""]
     assert "sound localisation, large draw (seed 40)" not in rows  # measured by neither
+
+
+def test_the_shipped_model_keeps_its_held_out_figures_for_reproductions_to_be_compared_with():
+    from omniground.model.api import CHECKPOINT_DIR
+    from omniground.train.report import RECIPE_FIGURES
+
+    card = json.loads((CHECKPOINT_DIR / "omniground-tiny" / "eval.json").read_text())
+    assert set(card) == {row[0] for row in RECIPE_FIGURES}
+    assert all(0 < f["value"] <= 1 and f["n"] >= 51 for f in card.values())
