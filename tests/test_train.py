@@ -281,7 +281,7 @@ def test_lora_stage_with_gradient_checkpointing_saves_a_plain_merged_checkpoint(
 def test_a_stage_saves_without_transformers_bar_and_leaves_the_bars_as_they_were(tmp_path, data, capsys):
     from transformers.utils import logging as hf_logging
 
-    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # as for a user who has not turned them off (HF_HUB_DISABLE_PROGRESS_BARS)
     cfg = stage_config(tmp_path, data, 1, {"tiny": MICRO_MODEL}, max_steps=1)
     Trainer(cfg).train()
     assert (cfg.model_dir / "model.safetensors").is_file()
