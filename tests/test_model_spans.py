@@ -331,3 +331,18 @@ def test_span_reread_reads_the_text_up_to_the_span_in_generation_and_training(ki
         sp.zero_grad(set_to_none=True)
         m(**labelled_batch(og, convs, media)).loss.backward()  # training reads it too, on the same clips
         assert (sp.reread.q.weight.grad is not None and bool(sp.reread.q.weight.grad.any())) == reads
+
+
+def test_a_load_that_starts_parts_fresh_says_which_in_one_line_not_transformers_table(tmp_path, caplog, capsys):
+    og = micro_model(time_anchored_queries=True, audio_num_queries=2)
+    og.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING", logger="omniground.model.api"):
+        load(tmp_path)
+        assert not caplog.records  # everything loaded: nothing to say
+        load(tmp_path, span_pointers=True, audio_num_queries=4)
+    (record,) = caplog.records
+    said = record.getMessage()
+    assert said.startswith(f"{tmp_path}: new, so fresh: span_pointer (")
+    assert said.endswith("; resized, so fresh: audio_resampler.queries ([2, 32] -> [4, 32])"), said
+    err = capsys.readouterr().err
+    assert "LOAD REPORT" not in err and "were not sharded" not in err

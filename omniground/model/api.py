@@ -7,6 +7,7 @@ one left-padded batch: the server's queue and the evaluator call it.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +20,8 @@ import torch
 
 from omniground.data.instruct import decline_phrase
 from omniground.errors import UserError
+
+logger = logging.getLogger(__name__)
 from omniground.grounding import Box, Span, parse
 from omniground.model.modeling_omniground import OmniGroundForCausalLM
 from omniground.model.processing_omniground import LOC_GROUP_RE, OmniGroundProcessor, RequestMeta
@@ -94,6 +97,45 @@ class _CallbackStreamer:
 
 
 @contextmanager
+def load_report_held_back():
+    """Inside, transformers does not print its load report (a wide table in colour codes, even into a log file);
+    `OmniGround.from_pretrained` says in one line what starts fresh instead."""
+    from transformers.utils import logging as hf_logging
+
+    # a filter, not a level: at WARNING or above transformers also checks a tensor-parallel plan and lists every layer
+    reporter, report = hf_logging.get_logger("transformers.modeling_utils"), _LoadReport()
+    reporter.addFilter(report)
+    try:
+        yield
+    finally:
+        reporter.removeFilter(report)
+
+
+class _LoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+def fresh_parts(info: dict) -> str:
+    """transformers' loading info -> what starts fresh or was left out, one line ("" when everything loaded): the
+    parts a checkpoint lacks or that `config_updates` resized, and weights the model does not use."""
+    def by_module(keys) -> list[str]:  # "span_pointer (8 tensors)"
+        counts: dict[str, int] = {}
+        for key in keys:
+            counts[key.split(".")[0]] = counts.get(key.split(".")[0], 0) + 1
+        return [f"{m} ({n} tensor{'s' * (n > 1)})" for m, n in sorted(counts.items())]
+
+    said = []
+    if missing := by_module(info.get("missing_keys") or ()):
+        said.append("new, so fresh: " + ", ".join(missing))
+    if resized := [f"{k} ({list(old)} -> {list(new)})" for k, old, new in info.get("mismatched_keys") or ()]:
+        said.append("resized, so fresh: " + ", ".join(resized))
+    if unused := by_module(info.get("unexpected_keys") or ()):
+        said.append("in the checkpoint but not used: " + ", ".join(unused))
+    return "; ".join(said)
+
+
+@contextmanager
 def transformers_bars_off():
     """Inside, transformers draws no progress bars: loading or writing a small model's one shard takes a blink,
     and its bar is only noise among the CLI's and the trainer's own output."""
@@ -118,8 +160,10 @@ class OmniGround:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | None = None, dtype=None, **kwargs) -> OmniGround:
-        with transformers_bars_off():
-            model = OmniGroundForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        with transformers_bars_off(), load_report_held_back():
+            model, info = OmniGroundForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True, **kwargs)
+        if said := fresh_parts(info):
+            logger.warning("%s: %s", path, said)
         if device is not None:
             model.to(device)
         model.eval()
@@ -381,7 +425,7 @@ def load(path_or_name: str | os.PathLike = DEFAULT_MODEL, device: str | None = N
 
     Raises ModelNotFoundError (a one-line UserError) when there is no model there.
     """
-    if config_updates:  # a resized part is re-initialised (transformers reports it), as an added part is
+    if config_updates:  # a resized part starts fresh, as an added part does (`fresh_parts` says which)
         config_updates = {"ignore_mismatched_sizes": True, **config_updates}
     name = str(path_or_name)
     shipped = CHECKPOINT_DIR / name
