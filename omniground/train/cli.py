@@ -62,12 +62,12 @@ def train(
 def resumable(cfg) -> str:
     """What `--resume` would go on from, said after a stage is interrupted."""
     from omniground.train.config import PointerConfig, TrainConfig
-    from omniground.train.encoders import PROGRESS_FILE
+    from omniground.train.encoders import progress_path
     from omniground.train.trainer import latest_checkpoint
 
     if isinstance(cfg, PointerConfig):
         return "the pointer refit starts over when run again"
-    saved = latest_checkpoint(cfg) if isinstance(cfg, TrainConfig) else cfg.output_dir / "checkpoints" / PROGRESS_FILE
+    saved = latest_checkpoint(cfg) if isinstance(cfg, TrainConfig) else progress_path(cfg)
     if saved is None or not saved.exists():
         return "nothing was saved to resume from (save_every)"
     return f"--resume goes on from {saved}"

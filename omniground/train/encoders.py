@@ -21,6 +21,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,6 @@ from omniground.train.data import TrainItem, load_sources
 
 OBJECT_NAMES = [o.name for o in assets.OBJECTS]
 COLOUR_NAMES = ["natural", *assets.COLOURS]  # "natural": the glyph's own colours
-PROGRESS_FILE = "stage0.pt"  # under output_dir/checkpoints: where a stopped stage 0 resumes from
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,9 +239,14 @@ def encoder_batch(data: ImageSet | AudioSet, idx: list[int], rng: random.Random 
 # Training
 
 
+def progress_path(cfg: EncoderConfig) -> Path:
+    """Where a stopped stage 0 resumes from: its state, `output_dir/checkpoints/stage0.pt`."""
+    return cfg.output_dir / "checkpoints" / "stage0.pt"
+
+
 def save_progress(cfg: EncoderConfig, state: dict[str, Any]) -> None:
-    """Stage 0's resumable state, `output_dir/checkpoints/stage0.pt`, written whole or not at all."""
-    path = cfg.output_dir / "checkpoints" / PROGRESS_FILE
+    """Stage 0's resumable state (`progress_path`), written whole or not at all."""
+    path = progress_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -310,7 +315,7 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
     history: list[dict] = []
     evals: list[dict] = []
     done: list[str] = []  # branches trained to the end
-    saved = cfg.output_dir / "checkpoints" / PROGRESS_FILE
+    saved = progress_path(cfg)
     progress = torch.load(saved, weights_only=False) if resume and saved.is_file() else None
     if progress is not None:
         model.load_state_dict(progress["model"])

@@ -23,7 +23,9 @@ class StageProgress:
     def __init__(self, console: Console, label: str, total: int, completed: int = 0, unit: str = "samples",
                  shown: bool = True, every: int = 10):
         self.console, self.label, self.total, self.unit, self.every = console, label, total, unit, every
-        self.window: tuple[float, list[float], int] = (time.perf_counter(), [], 0)  # `step`'s since its last report
+        self.started = time.perf_counter()
+        # `step`'s window since its last report: when it began, its steps' losses, its items
+        self.since, self.losses, self.items = self.started, [], 0
         self.lines = shown and not console.is_terminal
         self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=console,
@@ -44,23 +46,22 @@ class StageProgress:
     def step(self, step: int, loss: float, lr: float, items: int, extra: str = "") -> None:
         """After each step of a plain loop: every `every` steps and at the last, `report` the mean loss and the
         items a second since the last report."""
-        started, losses, count = self.window
-        losses.append(loss)
-        count += items
+        self.losses.append(loss)
+        self.items += items
         if step % self.every and step != self.total:
-            self.window = (started, losses, count)
             return
-        self.report(step, sum(losses) / len(losses), lr, count / max(time.perf_counter() - started, 1e-9), extra)
-        self.window = (time.perf_counter(), [], 0)
+        rate = self.items / max(time.perf_counter() - self.since, 1e-9)
+        self.report(step, sum(self.losses) / len(self.losses), lr, rate, extra)
+        self.since, self.losses, self.items = time.perf_counter(), [], 0
 
     def advance(self, items: int) -> None:
         """A pass with no loss (data read through a model, `total` items): `items` more done; in a log, a line at
         each tenth of the way."""
         task = self.bar.tasks[0]
-        before, started = task.completed, self.window[0]
+        before = task.completed
         self.bar.update(self.task, advance=items)
         if self.lines and int(10 * task.completed / self.total) > int(10 * before / self.total):
-            rate = (task.completed - self.first) / max(time.perf_counter() - started, 1e-9)
+            rate = (task.completed - self.first) / max(time.perf_counter() - self.started, 1e-9)
             self.console.print(f"{self.label} {task.completed:.0f}/{self.total} {rate:.1f} {self.unit}/s",
                                highlight=False, soft_wrap=True)
 
