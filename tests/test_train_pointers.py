@@ -378,3 +378,67 @@ def test_with_more_heads_the_refit_fits_each_from_its_own_start(tmp_path, synth_
     assert not torch.equal(first.query[1].weight, second.query[1].weight)
     if name == "region":
         assert torch.equal(first.box[0].weight, fresh.box[0].weight)  # stage 0's regressor, shared and kept
+
+
+def test_a_stopped_refit_resumes_to_what_an_uninterrupted_one_gives(tmp_path, synth_data, start, monkeypatch):
+    """Stopped after each piece of work it keeps (the answers in its own words, each part of each read, each
+    head's fit) and resumed each time, the refit ends with the weights, figures and history of one that ran
+    through without keeping anything, and asks each question in its own words once."""
+    from omniground.model.api import ChatResult, OmniGround
+    from omniground.train.cli import resumable
+    from omniground.train.pointers import progress_dir
+
+    asked = []
+
+    def chat_batch(self, conversations, media, **kw):  # own words with a box (the micro model's seldom have one)
+        asked.extend(c[0]["content"] for c in conversations)
+        return [ChatResult(text=f"The bell {len(c[0]['content'])}[0.100,0.100,0.200,0.200]") for c in conversations]
+
+    monkeypatch.setattr(OmniGround, "chat_batch", chat_batch)
+
+    kw = dict(train_data=[{"path": synth_data / "train.jsonl",
+                           "tasks": ["rec", "negative", "video_grounding", "audio_grounding"]}],
+              model={"from_checkpoint": str(start),
+                     "config_updates": {"region_presence": True, "region_reread": True, "region_heads": 2}},
+              own_words=["rec"], max_steps=20, steps={"span": 10})
+    whole = _config(tmp_path / "whole", synth_data, start, **kw)
+    reference = refit_pointers(whole)
+    assert resumable(whole) == "nothing was saved to resume from (save_every)"
+    questions, asked[:] = list(asked), []
+    assert questions
+    cut = _config(tmp_path / "cut", synth_data, start, save_every=1, **kw)
+    stops, resume = [], False
+    while "stopped_at" in (summary := refit_pointers(cut, resume=resume, stop_after=1)):
+        stops.append(summary["stopped_at"])
+        assert resumable(cut) == f"--resume goes on from {progress_dir(cut)}"
+        resume = True
+        assert len(stops) < 40
+    kinds = ("own-words-training-data", "read-training-data-1-", "read-training-data-2-",
+             "read-training-data-absent-phrases-", "own-words-held-out-data", "read-held-out-data-", "fit-region",
+             "fit-span")
+    assert all(any(s.startswith(kind) for s in stops) for kind in kinds), stops
+    assert stops.count("fit-region") == 2  # each of the two region heads' fits kept on its own
+    assert not (cut.output_dir / "checkpoints").exists()  # finished: nothing left to resume
+    weights = [load_file(str(next(c.model_dir.glob("*.safetensors")))) for c in (whole, cut)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert summary["history"] == reference["history"]
+    for name, figures in reference["heads"].items():
+        strip = lambda f: {k: v for k, v in f.items() if k != "fit_seconds"}  # noqa: E731
+        assert strip(summary["heads"][name]) == strip(figures)
+    assert summary["resumed"] and not reference["resumed"]
+    assert asked == questions
+
+
+def test_a_refit_resumed_on_other_settings_says_so_and_one_run_again_starts_over(tmp_path, synth_data, start):
+    cfg = _config(tmp_path, synth_data, start, save_every=1, eval_data=[])
+    assert "stopped_at" in refit_pointers(cfg, stop_after=2)  # the training data's read kept, both batches
+    other = cfg.model_copy(update={"capture_batch_size": 5})
+    with pytest.raises(TrainConfigError, match="other data or settings.*without --resume"):
+        refit_pointers(other, resume=True)
+    from omniground.train.pointers import progress_dir
+
+    assert len(list(progress_dir(cfg).glob("read-*.pt"))) == 2  # nothing lost by the refusal
+    assert "stopped_at" in refit_pointers(cfg, stop_after=1)  # without --resume: the kept work goes first
+    kept = [p.name for p in progress_dir(cfg).glob("*.pt")]
+    assert len(kept) == 1 and kept[0].startswith("read-training-data-1-of-")

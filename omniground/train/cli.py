@@ -63,11 +63,15 @@ def resumable(cfg) -> str:
     """What `--resume` would go on from, said after a stage is interrupted."""
     from omniground.train.config import PointerConfig, TrainConfig
     from omniground.train.encoders import progress_path
+    from omniground.train.pointers import progress_dir
     from omniground.train.trainer import latest_checkpoint
 
-    if isinstance(cfg, PointerConfig):
-        return "the pointer refit starts over when run again"
-    saved = latest_checkpoint(cfg) if isinstance(cfg, TrainConfig) else progress_path(cfg)
+    if isinstance(cfg, TrainConfig):
+        saved = latest_checkpoint(cfg)
+    elif isinstance(cfg, PointerConfig):  # its work kept piece by piece in one folder
+        saved = progress_dir(cfg) if any(progress_dir(cfg).glob("*.pt")) else None
+    else:
+        saved = progress_path(cfg)
     if saved is None or not saved.exists():
         return "nothing was saved to resume from (save_every)"
     return f"--resume goes on from {saved}"

@@ -144,6 +144,9 @@ class PointerConfig(StageConfig):
     # tasks whose answers are read with the words before their box written by the model itself (greedy), the
     # box still the true one (omniground.train.pointers.in_own_words), e.g. [sound_localization]
     own_words: list[Task] = []
+    # resumable work kept every N batches of the frozen model's read, and at the end of each pass (the answers in
+    # the model's own words, each head's fit); 0: none, a stopped refit starts over
+    save_every: int = Field(default=0, ge=0)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None

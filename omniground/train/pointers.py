@@ -13,19 +13,21 @@ span head also reads clips no earlier stage saw (`extra3`): on the ones stages 1
 model's inputs are more telling than on new clips. With `region_presence` the region head also learns
 "nothing here" from the negatives' absent phrases, read as REC answers (`absent_as_rec`); with
 `region_heads` / `span_heads` each head is fitted on its own, from its own start and batches; with `own_words`
-the listed tasks' answers are read in the model's own words before their box (`in_own_words`). It restarts
-rather than resumes (what it reads, several GB for the default recipe, is not worth writing to disk), and runs
-in one process (on the GPU where there is one).
+the listed tasks' answers are read in the model's own words before their box (`in_own_words`). With `save_every`
+it keeps its work as it goes (`RefitProgress`) and `--resume` goes on from there; it runs in one process (on the
+GPU where there is one).
 """
 
 from __future__ import annotations
 
 import ctypes
 import re
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +42,65 @@ from omniground.train.config import PointerConfig, TrainConfigError
 from omniground.train.data import Collator, SampleDataset, TrainItem, load_sources
 
 HEADS = ("region", "span")
+
+
+def progress_dir(cfg: PointerConfig) -> Path:
+    """Where a stopped refit resumes from: its kept work, `output_dir/checkpoints/refit/`."""
+    return cfg.output_dir / "checkpoints" / "refit"
+
+
+class StoppedEarly(Exception):
+    """Raised once `RefitProgress.stop_after` saves are done (tests): as if the refit were killed right then."""
+
+
+class RefitProgress:
+    """A refit's work kept as it is done (`save_every`), for `--resume`: the answers read in the model's own
+    words, the frozen model's read in parts of `save_every` batches, and the heads' state as each head's fit ends.
+    A resumed refit gives what an uninterrupted one gives. Why parts: the read is most of the refit (14 of its
+    21 min in the default recipe), and its GBs are written as they are read rather than all at the end."""
+
+    def __init__(self, cfg: PointerConfig, resume: bool, stop_after: int | None = None):
+        self.dir, self.every, self.stop_after, self.saves = progress_dir(cfg), cfg.save_every, stop_after, 0
+        if not resume:  # an earlier run's work is not this one's
+            shutil.rmtree(self.dir, ignore_errors=True)
+        # the seconds of work kept by earlier runs: figures and metrics count the refit's whole time
+        kept = [self.load(p.stem)["elapsed"] for p in self.dir.glob("*.pt")] if self.dir.is_dir() else []
+        self.started, self.resumed = time.time() - max(kept, default=0.0), bool(kept)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def load(self, name: str) -> Any | None:
+        path = self.dir / f"{name}.pt"
+        return torch.load(path, weights_only=True) if path.is_file() else None
+
+    def save(self, name: str, value: dict[str, Any]) -> None:
+        """Keep `value` as `name`, written whole or not at all (nothing without `save_every`)."""
+        if not self.every:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f"{name}.tmp"
+        torch.save({**value, "elapsed": self.elapsed()}, tmp)
+        tmp.replace(self.dir / f"{name}.pt")
+        self.saves += 1
+        if self.stop_after is not None and self.saves >= self.stop_after:
+            raise StoppedEarly(name)
+
+    def parts(self, name: str) -> list[tuple[int, int]]:
+        """Where `name`'s read kept a part (`{name}-{batches done}-of-{batches}.pt`), in order."""
+        found = (re.fullmatch(rf"{re.escape(name)}-(\d+)-of-(\d+)\.pt", p.name) for p in self.dir.glob(f"{name}-*"))
+        return sorted((int(m[1]), int(m[2])) for m in found if m)
+
+    def clear(self) -> None:
+        """The model is saved: nothing left to resume."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir.parent.is_dir() and not any(self.dir.parent.iterdir()):
+            self.dir.parent.rmdir()
+
+
+def slug(what: str) -> str:
+    """A pass's name as a file name: "training data, absent phrases" -> "training-data-absent-phrases"."""
+    return re.sub(r"\W+", "-", what).strip("-")
 
 
 @contextmanager
@@ -68,18 +129,31 @@ def recording_pointer_inputs(model):
 
 
 @torch.no_grad()
-def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str, list[list[torch.Tensor]]]:
+def capture(og, items, batch_size: int, console: Console, what: str, progress: RefitProgress | None = None
+            ) -> dict[str, list[list[torch.Tensor]]]:
     """One forward pass of the frozen model over `items` (with labels, as in training) -> per head the
     inputs of its loss for every target box / span: per input, its batches' parts (`read_pointer_inputs` joins
-    them)."""
+    them). With `progress` that keeps work, the calls recorded are kept every `save_every` batches (and at the end)
+    and let go, and the read goes on after the last part kept."""
     from omniground.train.report import StageProgress
 
     model = og.model.eval()
     data, collate = SampleDataset(items, og.processor, cache_media=False), Collator(og.processor)
     lengths = data.lengths()  # batches of one kind of media and like lengths: mixed ones pad and encode more
     order = sorted(range(len(items)), key=lambda i: (tuple(m.type for m in items[i].sample.media), int(lengths[i])))
-    with recording_pointer_inputs(model) as seen, StageProgress(console, f"pointers: reading {what}", len(data)) as bar:
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    keeping = progress is not None and progress.every > 0
+    name = f"read-{slug(what)}"
+    kept = progress.parts(name) if keeping else []
+    if any(of != len(batches) for _, of in kept):
+        raise TrainConfigError(f"{progress.dir}: kept by a refit of other data or settings ({what}: not "
+                               f"{len(batches)} batches); run it without --resume to start over")
+    first = kept[-1][0] if kept else 0
+    if first:
+        console.print(f"pointers: reading {what}: {first} of {len(batches)} batches kept, read before")
+    done = sum(len(b) for b in batches[:first])
+    with recording_pointer_inputs(model) as seen, \
+            StageProgress(console, f"pointers: reading {what}", len(data), done) as bar:
 
         def read(idx: list[int]):
             return collate([data[j] for j in idx])
@@ -87,14 +161,22 @@ def capture(og, items, batch_size: int, console: Console, what: str) -> dict[str
         # the next batch is read (media decoded, text tokenised) while the model runs on this one: the refit's
         # read of 72,472 samples 7% faster (decoding lets go of the GIL, as the model's kernels do)
         with ThreadPoolExecutor(1) as reader:
-            upcoming = reader.submit(read, batches[0]) if batches else None
-            for k in range(len(batches)):
+            upcoming = reader.submit(read, batches[first]) if first < len(batches) else None
+            for k in range(first, len(batches)):
                 batch = upcoming.result()
                 if k + 1 < len(batches):
                     upcoming = reader.submit(read, batches[k + 1])
                 model(**batch.to(model.device))
                 bar.advance(len(batches[k]))
-    return {name: [list(field) for field in zip(*calls)] for name, calls in seen.items() if calls}
+                if keeping and ((k + 1) % progress.every == 0 or k + 1 == len(batches)):
+                    progress.save(f"{name}-{k + 1}-of-{len(batches)}", {"calls": {h: list(c) for h, c in seen.items()}})
+                    for calls in seen.values():
+                        calls.clear()
+        if keeping:  # every part, in order, as if recorded in this one pass
+            for end, of in progress.parts(name):
+                for head, calls in progress.load(f"{name}-{end}-of-{of}")["calls"].items():
+                    seen[head] += calls
+    return {head: [list(field) for field in zip(*calls)] for head, calls in seen.items() if calls}
 
 
 def cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -208,8 +290,8 @@ def absent_as_rec(negatives: list[TrainItem], rec: list[TrainItem]) -> list[Trai
 
 
 @torch.no_grad()
-def in_own_words(og, items: list[TrainItem], tasks: Sequence[str], batch_size: int, console: Console, what: str
-                 ) -> list[TrainItem]:
+def in_own_words(og, items: list[TrainItem], tasks: Sequence[str], batch_size: int, console: Console, what: str,
+                 progress: RefitProgress | None = None) -> list[TrainItem]:
     """The samples of `tasks` (one question, one answer with one box) with the answer's words before the box
     written by the model itself, greedy as it answers, and the true box after them; the rest as they are (and
     those whose own answer writes no box). Why: the region head re-reads the text before the box, and fitted
@@ -222,25 +304,35 @@ def in_own_words(og, items: list[TrainItem], tasks: Sequence[str], batch_size: i
     chosen = [j for j, item in enumerate(items) if item.sample.task in tasks and _one_box_answer(item.sample)]
     if not chosen:
         return items
+    name = f"own-words-{slug(what)}"
+    kept = progress.load(name) if progress is not None else None
+    if kept is not None and kept["asked"] != len(chosen):
+        raise TrainConfigError(f"{progress.dir}: kept by a refit of other data or settings ({what}: not "
+                               f"{len(chosen)} answers); run it without --resume to start over")
+    own: dict[int, str] = dict(kept["own"]) if kept is not None else {}  # item -> its answer's words before the box
+    if kept is None:
+        og.model.eval()
+        with StageProgress(console, f"pointers: answering {what} in the model's own words", len(chosen),
+                           unit="answers") as bar:
+            for k in range(0, len(chosen), batch_size):
+                rows = chosen[k : k + batch_size]
+                samples = [items[j].sample for j in rows]
+                answers = og.chat_batch([[{"role": "user", "content": s.conversation[0].content}] for s in samples],
+                                        [[s.media_path(i, items[j].root) for i in range(len(s.media))]
+                                         for s, j in zip(samples, rows)],
+                                        max_new_tokens=32, check_declines=False)
+                for j, answer in zip(rows, answers):
+                    if (at := _first_box_at(answer.text)) is not None:
+                        own[j] = answer.text[:at]
+                bar.advance(len(rows))
+        if progress is not None:
+            progress.save(name, {"asked": len(chosen), "own": sorted(own.items())})
     out = list(items)
-    og.model.eval()
-    with StageProgress(console, f"pointers: answering {what} in the model's own words", len(chosen),
-                      unit="answers") as bar:
-        for k in range(0, len(chosen), batch_size):
-            rows = chosen[k : k + batch_size]
-            samples = [items[j].sample for j in rows]
-            answers = og.chat_batch([[{"role": "user", "content": s.conversation[0].content}] for s in samples],
-                                    [[s.media_path(i, items[j].root) for i in range(len(s.media))]
-                                     for s, j in zip(samples, rows)],
-                                    max_new_tokens=32, check_declines=False)
-            for j, s, answer in zip(rows, samples, answers):
-                if (own := _first_box_at(answer.text)) is None:
-                    continue
-                true = s.conversation[1].content
-                turns = [s.conversation[0].model_dump(),
-                         {"role": "assistant", "content": answer.text[:own] + true[_first_box_at(true) :]}]
-                out[j] = TrainItem(Sample.model_validate({**s.model_dump(), "conversation": turns}), items[j].root)
-            bar.advance(len(rows))
+    for j, words in own.items():
+        s = items[j].sample
+        true = s.conversation[1].content
+        turns = [s.conversation[0].model_dump(), {"role": "assistant", "content": words + true[_first_box_at(true) :]}]
+        out[j] = TrainItem(Sample.model_validate({**s.model_dump(), "conversation": turns}), items[j].root)
     return out
 
 
@@ -314,26 +406,27 @@ def declined(model, examples: tuple[torch.Tensor, ...]) -> float | None:
 
 @torch.no_grad()
 def read_pointer_inputs(og, items: list[TrainItem], batch_size: int, console: Console, what: str,
-                        own_words: Sequence[str] = ()) -> dict[str, tuple[torch.Tensor, ...]]:
+                        own_words: Sequence[str] = (), progress: RefitProgress | None = None
+                        ) -> dict[str, tuple[torch.Tensor, ...]]:
     """`capture`, with negative samples read as REC answers (`absent_as_rec`) whose right answer is
     "nothing here" (target all -1): what the region pointer's presence learns from; the answers of the tasks
     `own_words` lists in the model's own words (`in_own_words`). Per head its loss's inputs, each joined over
-    the batches (`cat_padded`; a reread's text as `RaggedText`)."""
+    the batches (`cat_padded`; a reread's text as `RaggedText`); `progress` keeps the work (`RefitProgress`)."""
     # absent phrases borrow the REC samples' true wording: the model's own words name what the image holds
     templates = [i for i in items if i.sample.task == "rec" and i.sample.boxes]
     if own_words:
-        items = in_own_words(og, items, own_words, batch_size, console, what)
+        items = in_own_words(og, items, own_words, batch_size, console, what, progress)
         give_back_freed_memory()  # generation's freed heap (0.4 GB for 637 answers): the read's peak comes next
     negatives = [i for i in items if i.sample.task == "negative"]
     rest = [i for i in items if i.sample.task != "negative"]
-    seen = capture(og, rest, batch_size, console, what) if rest else {}
+    seen = capture(og, rest, batch_size, console, what, progress) if rest else {}
     if negatives:
         head = og.model.region_pointer
         if head is None or head.absent is None:
             raise TrainConfigError("negatives in the pointer refit's data teach the region pointer 'nothing here': "
                                    "the model needs region_presence (model.config_updates: {region_presence: true})")
         absent = capture(og, absent_as_rec(negatives, templates), batch_size, console,
-                         f"{what}, absent phrases")["region"]
+                         f"{what}, absent phrases", progress)["region"]
         absent[3] = [torch.full_like(target, -1.0) for target in absent[3]]
         for field, more in zip(seen.setdefault("region", [[] for _ in absent]), absent):
             field += more
@@ -384,9 +477,14 @@ def fit_head(head, examples, steps: int, cfg: PointerConfig, generator: torch.Ge
     return history
 
 
-def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | None = None) -> dict[str, Any]:
+def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | None = None,
+                   stop_after: int | None = None) -> dict[str, Any]:
     """The refit end to end: read the data through the frozen model, fit each pointer head, save the
-    checkpoint, metrics (each head's hit rate before and after, on the training and held-out data) and curve."""
+    checkpoint, metrics (each head's hit rate before and after, on the training and held-out data) and curve.
+
+    With `save_every` it keeps its work as it goes (`RefitProgress`); `resume` goes on from there and gives what
+    an uninterrupted run gives, or skips a run that already finished. `stop_after` (tests): stop once that many
+    pieces of work are kept, as if killed right after."""
     from omniground.train.report import plot_stages, write_metrics
     from omniground.train.trainer import build_start_model, finished_run
 
@@ -397,13 +495,33 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
     og = build_start_model(cfg.model)
-    model = og.model.requires_grad_(False).to("cuda" if torch.cuda.is_available() else "cpu")
-    t0 = time.time()
+    og.model.requires_grad_(False).to("cuda" if torch.cuda.is_available() else "cpu")
+    progress = RefitProgress(cfg, resume, stop_after)
+    try:
+        summary = _refit(cfg, og, progress, console)
+    except StoppedEarly as stop:
+        return {"stopped_at": str(stop)}
+    og.save_pretrained(cfg.model_dir)
+    progress.clear()
+    write_metrics(cfg.output_dir / "metrics.json", summary)
+    history = summary["history"]
+    branches = dict.fromkeys(r["branch"] for r in history)  # each head's fit, `region_heads`' and `span_heads`' each
+    plot_stages(cfg.output_dir / "curve.png",
+                [(f"{b}:", [r for r in history if r["branch"] == b], []) for b in branches],
+                title="pointer refit: each head on the frozen model's inputs")
+    console.print(f"pointer refit saved {cfg.model_dir} ({summary['train_seconds']:.0f} s)")
+    return summary
+
+
+def _refit(cfg: PointerConfig, og, progress: RefitProgress, console: Console) -> dict[str, Any]:
+    """`refit_pointers`' work: the reads, then each head's fit; the metrics."""
+    model = og.model
     items = load_sources(cfg.train_data)
-    train = read_pointer_inputs(og, items, cfg.capture_batch_size, console, "training data", cfg.own_words)
+    train = read_pointer_inputs(og, items, cfg.capture_batch_size, console, "training data", cfg.own_words,
+                                progress)
     held = read_pointer_inputs(og, load_sources(cfg.eval_data), cfg.capture_batch_size, console, "held-out data",
-                               cfg.own_words) if cfg.eval_data else {}
-    capture_seconds = time.time() - t0
+                               cfg.own_words, progress) if cfg.eval_data else {}
+    capture_seconds = progress.elapsed()
     if not train:
         raise TrainConfigError("the pointer refit found nothing to fit: needs a model with region_boxes or "
                                "span_pointers and data with boxes on images or spans on clips")
@@ -412,17 +530,27 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
     for name, examples in train.items():
         head = getattr(model, f"{name}_pointer")
         sets = {"train": examples, **({"held_out": held[name]} if name in held else {})}
-        loss_before = mean_loss(head, examples)
-        before = {k: hit_rate(model, name, v) for k, v in sets.items()}
-        # only sets that hold absent phrases: one without any has no share to report
-        declined_before = {k: d for k, v in sets.items() if (d := declined(model, v)) is not None} \
-            if name == "region" and head.absent is not None else {}
         # `region_heads` / `span_heads`: each of the heads that answer together is fitted on its own, from its
         # own start and draw of batches (seed + i), so that they err apart
         members = head.members()
         steps = cfg.steps.get(name, cfg.max_steps)
-        t1 = time.time()
+        kept = progress.load(f"fit-{name}")  # the head as its last finished member's fit left it
+        if kept is not None:
+            head.load_state_dict(kept["state"])
+            fitted, fit_seconds, was = kept["fitted"], kept["seconds"], kept["was"]
+            history += kept["history"]
+            console.print(f"pointers: fitting {name}: {fitted} of {len(members)} heads kept, fitted before")
+        else:
+            fitted, fit_seconds = 0, 0.0
+            was = {"loss": mean_loss(head, examples), "hits": {k: hit_rate(model, name, v) for k, v in sets.items()},
+                   # only sets that hold absent phrases: one without any has no share to report
+                   "declined": {k: d for k, v in sets.items() if (d := declined(model, v)) is not None}
+                   if name == "region" and head.absent is not None else {}}
+        loss_before, before, declined_before = was["loss"], was["hits"], was["declined"]
         for i, member in enumerate(members):
+            if i < fitted:
+                continue
+            t = time.time()
             torch.manual_seed(cfg.seed + i)  # the fresh start: not what loading drew for weights a checkpoint lacked
             reinitialise(member)
             member.requires_grad_(True)
@@ -435,7 +563,9 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
             history += fit_head(member, examples, steps, cfg, torch.Generator().manual_seed(cfg.seed + i), console,
                                 name if i == 0 else f"{name}{i}")
             member.requires_grad_(False)
-        fit_seconds = time.time() - t1
+            fit_seconds += time.time() - t
+            progress.save(f"fit-{name}", {"state": head.state_dict(), "fitted": i + 1, "seconds": fit_seconds,
+                                          "was": was, "history": [r for r in history if r["branch"].startswith(name)]})
         after = {k: hit_rate(model, name, v) for k, v in sets.items()}
         figures[name] = {"examples": len(examples[0]), "steps": steps, "heads": len(members),
                          "fit_seconds": fit_seconds,
@@ -448,14 +578,6 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
             figures[name]["absent_declined"] = {"before": declined_before, "after": declined_after}
             console.print("pointers region, absent phrases scored below 0.5: "
                           + ", ".join(f"{k} {declined_before[k]:.3f} -> {declined_after[k]:.3f}" for k in declined_before))
-
-    og.save_pretrained(cfg.model_dir)
-    summary = {"stage": "pointers", "samples": len(items), "capture_seconds": capture_seconds, "heads": figures,
-               "train_seconds": time.time() - t0, "history": history}
-    write_metrics(cfg.output_dir / "metrics.json", summary)
-    branches = dict.fromkeys(r["branch"] for r in history)  # each head's fit, `region_heads`' and `span_heads`' each
-    plot_stages(cfg.output_dir / "curve.png",
-                [(f"{b}:", [r for r in history if r["branch"] == b], []) for b in branches],
-                title="pointer refit: each head on the frozen model's inputs")
-    console.print(f"pointer refit saved {cfg.model_dir} ({summary['train_seconds']:.0f} s)")
-    return summary
+    # resumed: the seconds count the work kept by earlier runs, and capture_seconds any of their fits too
+    return {"stage": "pointers", "samples": len(items), "capture_seconds": capture_seconds, "heads": figures,
+            "train_seconds": progress.elapsed(), "resumed": progress.resumed, "history": history}
