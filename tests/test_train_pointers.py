@@ -439,6 +439,8 @@ def test_a_refit_resumed_on_other_settings_says_so_and_one_run_again_starts_over
     from omniground.train.pointers import progress_dir
 
     assert len(list(progress_dir(cfg).glob("read-*.pt"))) == 2  # nothing lost by the refusal
-    assert "stopped_at" in refit_pointers(cfg, stop_after=1)  # without --resume: the kept work goes first
+    console = Console(record=True, width=400)
+    assert "stopped_at" in refit_pointers(cfg, console=console, stop_after=1)  # without --resume: the kept work goes
+    assert f"starting over; dropped the work a stopped refit kept in {progress_dir(cfg)}" in console.export_text()
     kept = [p.name for p in progress_dir(cfg).glob("*.pt")]
     assert len(kept) == 1 and kept[0].startswith("read-training-data-1-of-")

@@ -59,9 +59,12 @@ class RefitProgress:
     A resumed refit gives what an uninterrupted one gives. Why parts: the read is most of the refit (14 of its
     21 min in the default recipe), and its GBs are written as they are read rather than all at the end."""
 
-    def __init__(self, cfg: PointerConfig, resume: bool, stop_after: int | None = None):
+    def __init__(self, cfg: PointerConfig, resume: bool, console: Console, stop_after: int | None = None):
         self.dir, self.every, self.stop_after, self.saves = progress_dir(cfg), cfg.save_every, stop_after, 0
-        if not resume:  # an earlier run's work is not this one's
+        if not resume and self.dir.is_dir():  # an earlier run's work is not this one's
+            if any(self.dir.glob("*.pt")):
+                console.print(f"pointers: starting over; dropped the work a stopped refit kept in {self.dir} "
+                              "(--resume goes on from it)", highlight=False, soft_wrap=True)
             shutil.rmtree(self.dir, ignore_errors=True)
         # the seconds of work kept by earlier runs: figures and metrics count the refit's whole time
         kept = [self.load(p.stem)["elapsed"] for p in self.dir.glob("*.pt")] if self.dir.is_dir() else []
@@ -496,7 +499,7 @@ def refit_pointers(cfg: PointerConfig, resume: bool = False, console: Console | 
     torch.manual_seed(cfg.seed)
     og = build_start_model(cfg.model)
     og.model.requires_grad_(False).to("cuda" if torch.cuda.is_available() else "cpu")
-    progress = RefitProgress(cfg, resume, stop_after)
+    progress = RefitProgress(cfg, resume, console, stop_after)
     try:
         summary = _refit(cfg, og, progress, console)
     except StoppedEarly as stop:
