@@ -430,15 +430,23 @@ def test_a_stopped_refit_resumes_to_what_an_uninterrupted_one_gives(tmp_path, sy
     assert asked == questions
 
 
-def test_a_refit_resumed_on_other_settings_says_so_and_one_run_again_starts_over(tmp_path, synth_data, start):
-    cfg = _config(tmp_path, synth_data, start, save_every=1, eval_data=[])
-    assert "stopped_at" in refit_pointers(cfg, stop_after=2)  # the training data's read kept, both batches
-    other = cfg.model_copy(update={"capture_batch_size": 5})
-    with pytest.raises(TrainConfigError, match="other data or settings.*without --resume"):
-        refit_pointers(other, resume=True)
+def test_a_refit_resumed_on_other_settings_or_data_says_so_and_one_run_again_starts_over(tmp_path, synth_data,
+                                                                                          start):
     from omniground.train.pointers import progress_dir
 
-    assert len(list(progress_dir(cfg).glob("read-*.pt"))) == 2  # nothing lost by the refusal
+    data = synth_data / "train-resumed.jsonl"  # beside the media it names
+    lines = (synth_data / "train.jsonl").read_text().splitlines(keepends=True)
+    data.write_text("".join(lines))
+    cfg = _config(tmp_path, synth_data, start, save_every=1, eval_data=[], train_data=[{"path": data, "tasks": TASKS}])
+    assert "stopped_at" in refit_pointers(cfg, stop_after=2)  # the training data's read kept, both batches
+    other = cfg.model_copy(update={"capture_batch_size": 5})
+    with pytest.raises(TrainConfigError, match=r"other settings \(capture_batch_size\).*without --resume"):
+        refit_pointers(other, resume=True)
+    refit_pointers(cfg.model_copy(update={"log_every": 3, "save_every": 2}), resume=True, stop_after=1)  # as it was
+    data.write_text("".join(lines[: len(lines) // 2]))  # the same settings, other data
+    with pytest.raises(TrainConfigError, match="other data.*not 1 batches.*without --resume"):
+        refit_pointers(cfg, resume=True)
+    assert len(list(progress_dir(cfg).glob("read-*.pt"))) == 2  # nothing lost by the refusals
     console = Console(record=True, width=400)
     assert "stopped_at" in refit_pointers(cfg, console=console, stop_after=1)  # without --resume: the kept work goes
     assert f"starting over; dropped the work a stopped refit kept in {progress_dir(cfg)}" in console.export_text()

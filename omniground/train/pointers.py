@@ -21,6 +21,7 @@ GPU where there is one).
 from __future__ import annotations
 
 import ctypes
+import json
 import re
 import shutil
 import time
@@ -66,6 +67,13 @@ class RefitProgress:
                 console.print(f"pointers: starting over; dropped the work a stopped refit kept in {self.dir} "
                               "(--resume goes on from it)", highlight=False, soft_wrap=True)
             shutil.rmtree(self.dir, ignore_errors=True)
+        # what the kept work depends on: all of the config but how often it is kept and logged
+        self.settings = cfg.model_dump(mode="json", exclude={"save_every", "log_every"})
+        kept_with = self.dir / "settings.json"
+        if kept_with.is_file() and (was := json.loads(kept_with.read_text())) != self.settings:
+            changed = ", ".join(k for k in self.settings if self.settings[k] != was.get(k))
+            raise TrainConfigError(f"{self.dir}: kept by a refit with other settings ({changed}); run it without "
+                                   "--resume to start over")
         # the seconds of work kept by earlier runs: figures and metrics count the refit's whole time
         kept = [self.load(p.stem)["elapsed"] for p in self.dir.glob("*.pt")] if self.dir.is_dir() else []
         self.started, self.resumed = time.time() - max(kept, default=0.0), bool(kept)
@@ -81,7 +89,9 @@ class RefitProgress:
         """Keep `value` as `name`, written whole or not at all (nothing without `save_every`)."""
         if not self.every:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.is_dir():
+            self.dir.mkdir(parents=True)
+            (self.dir / "settings.json").write_text(json.dumps(self.settings))
         tmp = self.dir / f"{name}.tmp"
         torch.save({**value, "elapsed": self.elapsed()}, tmp)
         tmp.replace(self.dir / f"{name}.pt")
@@ -149,8 +159,8 @@ def capture(og, items, batch_size: int, console: Console, what: str, progress: R
     name = f"read-{slug(what)}"
     kept = progress.parts(name) if keeping else []
     if any(of != len(batches) for _, of in kept):
-        raise TrainConfigError(f"{progress.dir}: kept by a refit of other data or settings ({what}: not "
-                               f"{len(batches)} batches); run it without --resume to start over")
+        raise TrainConfigError(f"{progress.dir}: kept by a refit of other data ({what}: not {len(batches)} "
+                               "batches); run it without --resume to start over")
     first = kept[-1][0] if kept else 0
     if first:
         console.print(f"pointers: reading {what}: {first} of {len(batches)} batches kept, read before")
@@ -310,8 +320,8 @@ def in_own_words(og, items: list[TrainItem], tasks: Sequence[str], batch_size: i
     name = f"own-words-{slug(what)}"
     kept = progress.load(name) if progress is not None else None
     if kept is not None and kept["asked"] != len(chosen):
-        raise TrainConfigError(f"{progress.dir}: kept by a refit of other data or settings ({what}: not "
-                               f"{len(chosen)} answers); run it without --resume to start over")
+        raise TrainConfigError(f"{progress.dir}: kept by a refit of other data ({what}: not {len(chosen)} "
+                               "answers); run it without --resume to start over")
     own: dict[int, str] = dict(kept["own"]) if kept is not None else {}  # item -> its answer's words before the box
     if kept is None:
         og.model.eval()
