@@ -67,16 +67,15 @@ class RefitProgress:
                 console.print(f"pointers: starting over; dropped the work a stopped refit kept in {self.dir} "
                               "(--resume goes on from it)", highlight=False, soft_wrap=True)
             shutil.rmtree(self.dir, ignore_errors=True)
-        # what the kept work depends on: all of the config but how often it is kept and logged
+        # what the kept work depends on (all of the config but how often it is kept and logged), and the seconds
+        # it took: figures and metrics count the refit's whole time
         self.settings = cfg.model_dump(mode="json", exclude={"save_every", "log_every"})
-        kept_with = self.dir / "settings.json"
-        if kept_with.is_file() and (was := json.loads(kept_with.read_text())) != self.settings:
-            changed = ", ".join(k for k in self.settings if self.settings[k] != was.get(k))
+        kept = json.loads((self.dir / "kept.json").read_text()) if (self.dir / "kept.json").is_file() else None
+        if kept is not None and kept["settings"] != self.settings:
+            changed = ", ".join(k for k in self.settings if self.settings[k] != kept["settings"].get(k))
             raise TrainConfigError(f"{self.dir}: kept by a refit with other settings ({changed}); run it without "
                                    "--resume to start over")
-        # the seconds of work kept by earlier runs: figures and metrics count the refit's whole time
-        kept = [self.load(p.stem)["elapsed"] for p in self.dir.glob("*.pt")] if self.dir.is_dir() else []
-        self.started, self.resumed = time.time() - max(kept, default=0.0), bool(kept)
+        self.started, self.resumed = time.time() - (kept["elapsed"] if kept else 0.0), kept is not None
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -89,12 +88,14 @@ class RefitProgress:
         """Keep `value` as `name`, written whole or not at all (nothing without `save_every`)."""
         if not self.every:
             return
-        if not self.dir.is_dir():
-            self.dir.mkdir(parents=True)
-            (self.dir / "settings.json").write_text(json.dumps(self.settings))
+        self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.dir / f"{name}.tmp"
-        torch.save({**value, "elapsed": self.elapsed()}, tmp)
+        torch.save(value, tmp)
         tmp.replace(self.dir / f"{name}.pt")
+        # what it was made with and the seconds so far, apart: read at every start, unlike the GBs of parts
+        tmp = self.dir / "kept.tmp"
+        tmp.write_text(json.dumps({"settings": self.settings, "elapsed": self.elapsed()}))
+        tmp.replace(self.dir / "kept.json")
         self.saves += 1
         if self.stop_after is not None and self.saves >= self.stop_after:
             raise StoppedEarly(name)
