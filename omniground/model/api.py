@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -20,13 +21,12 @@ import torch
 
 from omniground.data.instruct import decline_phrase
 from omniground.errors import UserError
-
-logger = logging.getLogger(__name__)
 from omniground.grounding import Box, Span, parse
 from omniground.model.modeling_omniground import OmniGroundForCausalLM
 from omniground.model.processing_omniground import LOC_GROUP_RE, OmniGroundProcessor, RequestMeta
 from omniground.model.tokenizer import BOX_TOKEN, SPAN_TOKEN
 
+logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "omniground-tiny"
 DECLINE_OVERRULED_AT = 0.5  # a re-asked box's score (its pointer's "there" share) that overrules a decline
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -120,9 +120,7 @@ def fresh_parts(info: dict) -> str:
     """transformers' loading info -> what starts fresh or was left out, one line ("" when everything loaded): the
     parts a checkpoint lacks or that `config_updates` resized, and weights the model does not use."""
     def by_module(keys) -> list[str]:  # "span_pointer (8 tensors)"
-        counts: dict[str, int] = {}
-        for key in keys:
-            counts[key.split(".")[0]] = counts.get(key.split(".")[0], 0) + 1
+        counts = Counter(key.split(".")[0] for key in keys)
         return [f"{m} ({n} tensor{'s' * (n > 1)})" for m, n in sorted(counts.items())]
 
     said = []
