@@ -63,13 +63,13 @@ def resumable(cfg) -> str:
     """What `--resume` would go on from, said after a stage is interrupted."""
     from omniground.train.config import PointerConfig, TrainConfig
     from omniground.train.encoders import progress_path
-    from omniground.train.pointers import progress_dir
+    from omniground.train.pointers import kept_record, progress_dir
     from omniground.train.trainer import latest_checkpoint
 
     if isinstance(cfg, TrainConfig):
         saved = latest_checkpoint(cfg)
     elif isinstance(cfg, PointerConfig):  # its work kept piece by piece in one folder
-        saved = progress_dir(cfg) if any(progress_dir(cfg).glob("*.pt")) else None
+        saved = progress_dir(cfg) if kept_record(progress_dir(cfg)).is_file() else None
     else:
         saved = progress_path(cfg)
     if saved is None or not saved.exists():

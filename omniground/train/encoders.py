@@ -32,6 +32,7 @@ from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.data.synth import assets
+from omniground.files import atomic_output
 from omniground.model.modeling_omniground import pairwise_box_iou
 from omniground.train.config import EncoderConfig
 from omniground.train.data import TrainItem, load_sources
@@ -246,11 +247,8 @@ def progress_path(cfg: EncoderConfig) -> Path:
 
 def save_progress(cfg: EncoderConfig, state: dict[str, Any]) -> None:
     """Stage 0's resumable state (`progress_path`), written whole or not at all."""
-    path = progress_path(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_output(progress_path(cfg)) as tmp:
+        torch.save(state, tmp)
 
 
 def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console | None = None,

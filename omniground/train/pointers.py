@@ -36,6 +36,7 @@ from rich.console import Console
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.data.schema import Sample
+from omniground.files import atomic_output
 from omniground.grounding import Box, parse
 from omniground.grounding.geometry import box_iou, span_iou
 from omniground.model.modeling_omniground import absent_targets
@@ -48,6 +49,11 @@ HEADS = ("region", "span")
 def progress_dir(cfg: PointerConfig) -> Path:
     """Where a stopped refit resumes from: its kept work, `output_dir/checkpoints/refit/`."""
     return cfg.output_dir / "checkpoints" / "refit"
+
+
+def kept_record(folder: Path) -> Path:
+    """The kept work's settings and seconds, written after each piece: there only where work was kept."""
+    return folder / "kept.json"
 
 
 class StoppedEarly(Exception):
@@ -63,14 +69,14 @@ class RefitProgress:
     def __init__(self, cfg: PointerConfig, resume: bool, console: Console, stop_after: int | None = None):
         self.dir, self.every, self.stop_after, self.saves = progress_dir(cfg), cfg.save_every, stop_after, 0
         if not resume and self.dir.is_dir():  # an earlier run's work is not this one's
-            if any(self.dir.glob("*.pt")):
+            if kept_record(self.dir).is_file():
                 console.print(f"pointers: starting over; dropped the work a stopped refit kept in {self.dir} "
                               "(--resume goes on from it)", highlight=False, soft_wrap=True)
             shutil.rmtree(self.dir, ignore_errors=True)
         # what the kept work depends on (all of the config but how often it is kept and logged), and the seconds
         # it took: figures and metrics count the refit's whole time
         self.settings = cfg.model_dump(mode="json", exclude={"save_every", "log_every"})
-        kept = json.loads((self.dir / "kept.json").read_text()) if (self.dir / "kept.json").is_file() else None
+        kept = json.loads(kept_record(self.dir).read_text()) if kept_record(self.dir).is_file() else None
         if kept is not None and kept["settings"] != self.settings:
             changed = ", ".join(k for k in self.settings if self.settings[k] != kept["settings"].get(k))
             raise TrainConfigError(f"{self.dir}: kept by a refit with other settings ({changed}); run it without "
@@ -88,14 +94,11 @@ class RefitProgress:
         """Keep `value` as `name`, written whole or not at all (nothing without `save_every`)."""
         if not self.every:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f"{name}.tmp"
-        torch.save(value, tmp)
-        tmp.replace(self.dir / f"{name}.pt")
+        with atomic_output(self.dir / f"{name}.pt") as tmp:
+            torch.save(value, tmp)
         # what it was made with and the seconds so far, apart: read at every start, unlike the GBs of parts
-        tmp = self.dir / "kept.tmp"
-        tmp.write_text(json.dumps({"settings": self.settings, "elapsed": self.elapsed()}))
-        tmp.replace(self.dir / "kept.json")
+        with atomic_output(kept_record(self.dir)) as tmp:
+            tmp.write_text(json.dumps({"settings": self.settings, "elapsed": self.elapsed()}))
         self.saves += 1
         if self.stop_after is not None and self.saves >= self.stop_after:
             raise StoppedEarly(name)
