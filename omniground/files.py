@@ -19,3 +19,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def umask_modes(folder: str | os.PathLike) -> None:
+    """Give the safetensors files in `folder` the mode any new file gets under the umask: safetensors >= 0.8
+    writes them 0600 whatever the umask (safetensors#782), a model other users (a server's, a container's) cannot
+    read beside a config.json they can."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in Path(folder).glob("*.safetensors"):
+        f.chmod(0o666 & ~umask)

@@ -1,6 +1,8 @@
 """Generation on micro models: KV cache == no cache, encoders run once per request, left-padded batches
 answer as single requests do, sampling/stop strings/streaming, answer scores, and `load` errors."""
 
+import os
+
 import pytest
 import torch
 from micro import audio, image, micro_model, video
@@ -167,6 +169,17 @@ def test_load_finds_checkpoints_and_explains_what_is_missing(og, tmp_path, monke
     shipped = omniground.load()
     conv, media = REQUESTS[0]
     assert shipped.chat(conv, media, max_new_tokens=6).model_text == og.chat(conv, media, max_new_tokens=6).model_text
+
+
+def test_a_saved_model_is_readable_by_all_the_umask_lets_read(og, tmp_path):
+    """safetensors >= 0.8 writes 0600 whatever the umask: a model a server or a container's user could not load."""
+    before = os.umask(0o022)
+    try:
+        og.save_pretrained(tmp_path / "model")
+    finally:
+        os.umask(before)
+    mode = {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "model").iterdir()}
+    assert mode["model.safetensors"] == mode["config.json"] == 0o644
 
 
 def test_streamed_boxes_appear_whole_and_in_the_image_frame(og):

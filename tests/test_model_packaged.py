@@ -3,6 +3,7 @@ conversion checked against CTranslate2's own converter, the `packaged:` names, a
 
 import json
 import sys
+from pathlib import Path
 
 import ctranslate2.converters
 import gguf
@@ -112,7 +113,9 @@ def test_packaged_whisper_converts_once_and_runs_on_short_windows(whisper, tmp_p
         raise AssertionError("converted again")
 
     monkeypatch.setattr(packaged, "_convert_whisper_base", no_second_conversion)
-    assert packaged.backbone_path("packaged:whisper-base") == str(tmp_path / "cache" / "backbones" / "whisper-base")
+    converted = tmp_path / "cache" / "backbones" / "whisper-base"
+    assert packaged.backbone_path("packaged:whisper-base") == str(converted)
+    assert (converted / "model.safetensors").stat().st_mode == (converted / "config.json").stat().st_mode
     for bad in (1.5, 0.51):
         with pytest.raises(UserError, match="multiple of 0.02 s, at most 1"):
             from_backbones(str(tmp_path / "lm"), audio_model="packaged:whisper-base", audio_window_seconds=bad)
@@ -156,6 +159,7 @@ def test_packaged_smollm2_is_the_gguf_model_saved_plain(tmp_path, monkeypatch):
     ref = AutoModelForCausalLM.from_pretrained(package, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
                                                dtype=torch.float32)
     plain = AutoModelForCausalLM.from_pretrained(out)
+    assert Path(out, "model.safetensors").stat().st_mode == Path(out, "config.json").stat().st_mode
     assert getattr(plain.config, "quantization_config", None) is None  # an ordinary checkpoint, not a GGUF one
     ids = torch.tensor([[1, 5, 9, 30, 63, 2]])
     with torch.no_grad():

@@ -150,7 +150,9 @@ def test_stages_chain_and_stage1_adapters_are_saved_and_loaded(tmp_path, data):
     lm_params = [p for p in t2.og.model.language_model.model.layers.parameters()]
     assert lm_params and all(p.requires_grad for p in lm_params)
     t2.train()
-    assert (cfg2.model_dir / "model.safetensors").is_file()
+    # readable by whoever may read its config (safetensors alone writes 0600)
+    mode = {f.name: f.stat().st_mode & 0o777 for f in cfg2.model_dir.iterdir()}
+    assert mode["model.safetensors"] == mode["config.json"]
 
 
 def test_a_stage_says_when_the_encoders_train_too(tmp_path, data):

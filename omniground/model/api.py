@@ -21,6 +21,7 @@ import torch
 
 from omniground.data.instruct import decline_phrase
 from omniground.errors import UserError
+from omniground.files import umask_modes
 from omniground.grounding import Box, Span, parse
 from omniground.model.modeling_omniground import OmniGroundForCausalLM
 from omniground.model.processing_omniground import LOC_GROUP_RE, OmniGroundProcessor, RequestMeta
@@ -171,6 +172,7 @@ class OmniGround:
         """Model (safetensors), config, generation config and tokenizer in one directory."""
         with transformers_bars_off():
             self.model.save_pretrained(path)
+        umask_modes(path)
         self.processor.save_pretrained(path)
 
     @property

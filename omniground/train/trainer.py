@@ -30,7 +30,7 @@ from accelerate.utils import DistributedType, set_seed
 from rich.console import Console
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from omniground.files import atomic_output
+from omniground.files import atomic_output, umask_modes
 from omniground.model.api import OmniGround, transformers_bars_off
 from omniground.train.config import ModelInit, StageConfig, TrainConfig, TrainConfigError
 from omniground.train.data import BatchPlan, Collator, SampleDataset, load_sources, shard
@@ -324,6 +324,7 @@ class Trainer:
         if acc.is_main_process:
             with transformers_bars_off():
                 model.save_pretrained(self.cfg.model_dir, state_dict=state_dict)
+            umask_modes(self.cfg.model_dir)
             self.processor.save_pretrained(self.cfg.model_dir)
             write_metrics(self.cfg.output_dir / "metrics.json", summary)
             plot_curves(self.cfg.output_dir / "loss.png", self.history, self.evals, title=f"stage {self.cfg.stage}")
