@@ -83,6 +83,9 @@ PY
 
 [ "$VARIANT" = tiny ] || { echo "evaluated $RUN/pointers/model (only omniground-tiny is installed)"; exit 0; }
 DEST=omniground/checkpoints/omniground-tiny
+if [ ! -f $DEST/model.safetensors ]; then same="nothing was installed before"
+elif cmp -s $RUN/pointers/model/model.safetensors $DEST/model.safetensors; then same="the weights installed before, byte for byte"
+else same="not the weights installed before: git checkout -- $DEST brings the shipped ones back"; fi
 rm -rf $DEST && mkdir -p $DEST
 cp $RUN/pointers/model/* $RUN/eval.json $DEST/
 {
@@ -91,4 +94,4 @@ cp $RUN/pointers/model/* $RUN/eval.json $DEST/
     echo "configs: configs/omniground-tiny/stage{0,1,2,2b,3}.yaml, then configs/omniground-tiny/pointers.yaml"
     echo "eval.json: the held-out figures of these weights, from this script's evaluations"
 } > $DEST/TRAINED_FROM.txt
-echo "installed $DEST"
+echo "installed $DEST ($same)"
