@@ -21,6 +21,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def drop_partial_outputs(folder: str | os.PathLike) -> None:
+    """Delete what `atomic_output` was writing in `folder` when its process was killed: nothing reads it, a
+    resumed run writes it anew, and a refit's part is 600 MB."""
+    for f in Path(folder).glob(".*.part*"):
+        f.unlink(missing_ok=True)
+
+
 def umask_modes(folder: str | os.PathLike) -> None:
     """Give the safetensors files in `folder` the mode any new file gets under the umask: safetensors >= 0.8
     writes them 0600 whatever the umask (safetensors#782), a model other users (a server's, a container's) cannot

@@ -213,7 +213,10 @@ def test_stage0_stopped_mid_branch_or_between_branches_resumes_to_the_uninterrup
     # image 14 steps, then audio 12: stopped at image step 12 (last saved at 10), then at audio step 7 (saved at 5)
     cut = _config(tmp_path / "cut", synth_data, steps={"audio": 12}, max_steps=14, save_every=5)
     assert pretrain_encoders(cut, stop_after=12)["stopped_at"] == {"branch": "image", "step": 12}
+    half_written = cut.output_dir / "checkpoints" / ".stage0.pt.4242.part.pt"  # by a run killed while saving
+    half_written.write_bytes(b"half")
     assert pretrain_encoders(cut, resume=True, stop_after=14 + 7)["stopped_at"] == {"branch": "audio", "step": 7}
+    assert not half_written.exists()
     assert torch.load(cut.output_dir / "checkpoints" / "stage0.pt", weights_only=False)["step"] == 5
     from omniground.train.cli import resumable  # what `omniground train` says when interrupted here
 

@@ -407,9 +407,12 @@ def test_a_stopped_refit_resumes_to_what_an_uninterrupted_one_gives(tmp_path, sy
     questions, asked[:] = list(asked), []
     assert questions
     cut = _config(tmp_path / "cut", synth_data, start, save_every=1, **kw)
-    stops, resume = [], False
+    stops, resume, half_written = [], False, None
     while "stopped_at" in (summary := refit_pointers(cut, resume=resume, stop_after=1)):
+        assert half_written is None or not half_written.exists()  # dropped by the resumed run
         stops.append(summary["stopped_at"])
+        half_written = progress_dir(cut) / f".{stops[-1]}.pt.4242.part.pt"  # as by a run killed while keeping it
+        half_written.write_bytes(b"half")
         assert resumable(cut) == f"--resume goes on from {progress_dir(cut)}"
         resume = True
         assert len(stops) < 40

@@ -32,7 +32,7 @@ from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.data.synth import assets
-from omniground.files import atomic_output
+from omniground.files import atomic_output, drop_partial_outputs
 from omniground.model.modeling_omniground import pairwise_box_iou
 from omniground.train.config import EncoderConfig
 from omniground.train.data import TrainItem, load_sources
@@ -314,6 +314,7 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
     evals: list[dict] = []
     done: list[str] = []  # branches trained to the end
     saved = progress_path(cfg)
+    drop_partial_outputs(saved.parent)
     progress = torch.load(saved, weights_only=False) if resume and saved.is_file() else None
     if progress is not None:
         model.load_state_dict(progress["model"])

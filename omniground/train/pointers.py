@@ -36,7 +36,7 @@ from rich.console import Console
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.data.schema import Sample
-from omniground.files import atomic_output
+from omniground.files import atomic_output, drop_partial_outputs
 from omniground.grounding import Box, parse
 from omniground.grounding.geometry import box_iou, span_iou
 from omniground.model.modeling_omniground import absent_targets
@@ -73,6 +73,7 @@ class RefitProgress:
                 console.print(f"pointers: starting over; dropped the work a stopped refit kept in {self.dir} "
                               "(--resume goes on from it)", highlight=False, soft_wrap=True)
             shutil.rmtree(self.dir, ignore_errors=True)
+        drop_partial_outputs(self.dir)
         # what the kept work depends on (all of the config but how often it is kept and logged), and the seconds
         # it took: figures and metrics count the refit's whole time
         self.settings = cfg.model_dump(mode="json", exclude={"save_every", "log_every"})
