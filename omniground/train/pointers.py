@@ -80,9 +80,12 @@ class RefitProgress:
         kept = json.loads(kept_record(self.dir).read_text()) if kept_record(self.dir).is_file() else None
         if kept is not None and kept["settings"] != self.settings:
             changed = ", ".join(k for k in self.settings if self.settings[k] != kept["settings"].get(k))
-            raise TrainConfigError(f"{self.dir}: kept by a refit with other settings ({changed}); run it without "
-                                   "--resume to start over")
+            raise self.refusal(f"with other settings ({changed})")
         self.started, self.resumed = time.time() - (kept["elapsed"] if kept else 0.0), kept is not None
+
+    def refusal(self, kept_by: str) -> TrainConfigError:
+        """Why this run cannot go on from the kept work (made by another refit), in one line."""
+        return TrainConfigError(f"{self.dir}: kept by a refit {kept_by}; run it without --resume to start over")
 
     def elapsed(self) -> float:
         return time.time() - self.started
@@ -164,8 +167,7 @@ def capture(og, items, batch_size: int, console: Console, what: str, progress: R
     name = f"read-{slug(what)}"
     kept = progress.parts(name) if keeping else []
     if any(of != len(batches) for _, of in kept):
-        raise TrainConfigError(f"{progress.dir}: kept by a refit of other data ({what}: not {len(batches)} "
-                               "batches); run it without --resume to start over")
+        raise progress.refusal(f"of other data ({what}: not {len(batches)} batches)")
     first = kept[-1][0] if kept else 0
     if first:
         console.print(f"pointers: reading {what}: {first} of {len(batches)} batches kept, read before")
@@ -325,8 +327,7 @@ def in_own_words(og, items: list[TrainItem], tasks: Sequence[str], batch_size: i
     name = f"own-words-{slug(what)}"
     kept = progress.load(name) if progress is not None else None
     if kept is not None and kept["asked"] != len(chosen):
-        raise TrainConfigError(f"{progress.dir}: kept by a refit of other data ({what}: not {len(chosen)} "
-                               "answers); run it without --resume to start over")
+        raise progress.refusal(f"of other data ({what}: not {len(chosen)} answers)")
     own: dict[int, str] = dict(kept["own"]) if kept is not None else {}  # item -> its answer's words before the box
     if kept is None:
         og.model.eval()
