@@ -27,7 +27,7 @@ done
 
 # a variant's own config where it has one (small: stage 0), omniground-tiny's otherwise, chained through $RUN
 prev=
-for stage in stage0 stage1 stage2 stage2b stage3 pointers; do  # pointers: the pointer heads refitted on stage 3's model
+for stage in stage0 stage1 stage2 stage2b stage3 stage3b pointers; do  # pointers: the pointer heads refitted on stage 3b's model
     config=configs/omniground-$VARIANT/$stage.yaml
     [ -f $config ] || config=configs/omniground-tiny/$stage.yaml
     chain=(--set output_dir=$RUN/$stage)
@@ -43,7 +43,7 @@ from pathlib import Path
 from omniground.train.report import plot_stages
 run = Path(os.environ["RUN"])
 stages = []
-for name in ("stage1", "stage2", "stage2b", "stage3"):
+for name in ("stage1", "stage2", "stage2b", "stage3", "stage3b"):
     m = json.loads((run / name / "metrics.json").read_text())
     stages.append((name, m["history"], m["evals"]))
 plot_stages(run / "curve.png", stages, title=f"{run.name}: all stages")

@@ -194,6 +194,47 @@ def test_resume_equals_uninterrupted(tmp_path, data, caplog):
     assert any(not torch.allclose(a[k], c[k], atol=1e-6) for k in a)
 
 
+def test_a_text_only_source_teaches_the_words_before_the_location_without_the_media(tmp_path, data):
+    from omniground.train.config import DataSource
+    from omniground.train.data import Collator, SampleDataset, load_sources
+
+    cfg = stage_config(tmp_path, data, 2, {"tiny": MICRO_MODEL}, max_steps=2,
+                       train_data=[{"path": data, "text_only": True}])
+    trainer = Trainer(cfg)
+    items = trainer.train_set.items
+    # the video answers start with their span: no words to learn, dropped; images and audio keep theirs
+    assert sorted({it.sample.task for it in items}) == ["audio_grounding", "rec"] and len(items) == 12
+    words = trainer.processor.tokenizer("Where is the red square?\nThe red square", add_special_tokens=False)
+    assert trainer.train_set.lengths()[0] == len(words["input_ids"])  # what length grouping sorts by
+    messages, media = trainer.train_set[0]
+    assert media == [] and messages[0]["content"] == "Where is the red square?"
+    batch = trainer.collate([trainer.train_set[i] for i in (0, 9)])
+    assert "pixel_values" not in batch and "audio_values" not in batch
+    tok = trainer.processor.tokenizer
+    learned = [tok.decode(row[row != -100]) for row in batch["labels"]]
+    assert learned == ["The red square", "The beep"]  # the cut answers' closing tokens are not learned
+    lm_before = {k: v.clone() for k, v in trainer.og.model.language_model.state_dict().items()}
+    trainer.train()
+    lm_after = trainer.og.model.language_model.state_dict()
+    assert any(not torch.equal(lm_before[k], lm_after[k]) for k in lm_before)
+
+    # a whole answer (no location in it) keeps its closing token; a question that holds a box is refused
+    plain = Sample(id="no", media=[], conversation=[Turn(role="user", content="Is there a cat?"),
+                                                    Turn(role="assistant", content="There is no cat.")],
+                   task="negative", stage=2, source="test", license="CC0", split="train")
+    write_jsonl(tmp_path / "plain.jsonl", [plain])
+    ds = SampleDataset(load_sources([DataSource(path=tmp_path / "plain.jsonl", text_only=True)]), trainer.processor)
+    labels = Collator(trainer.processor)([ds[0]])["labels"][0]
+    assert tok.decode(labels[labels != -100]) == "There is no cat.<|im_end|>"
+    reg = plain.model_copy(update={"conversation": [
+        Turn(role="user", content=f"What is at {format_box(Box(0.1, 0.1, 0.5, 0.5))}?"),
+        Turn(role="assistant", content="A cat.")]})
+    write_jsonl(tmp_path / "reg.jsonl", [reg])
+    with pytest.raises(TrainConfigError, match="text_only: sample no: a question holds a box") as e:
+        load_sources([DataSource(path=tmp_path / "reg.jsonl", text_only=True)])
+    assert "\n" not in str(e.value)
+
+
 def test_batch_plan_is_deterministic_complete_and_groups_lengths():
     lengths = np.random.default_rng(0).integers(10, 500, size=203)
     plan = BatchPlan(203, 8, seed=5, lengths=lengths)

@@ -40,6 +40,9 @@ class DataSource(BaseModel):
     splits: list[str] | None = None  # keep only these splits (None: all)
     limit: int | None = Field(default=None, gt=0)  # the first N kept samples: a replay share
     repeat: int = Field(default=1, ge=1)  # oversample a small source
+    # its samples' words alone, without their media: placeholders dropped, the conversation cut before its
+    # first answered box or span (which needs the media); what the LM learns of copying the question's phrase
+    text_only: bool = False
 
 
 class ModelInit(BaseModel):

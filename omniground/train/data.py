@@ -17,6 +17,8 @@ import torch
 from transformers import BatchFeature
 
 from omniground.data.schema import BadLine, Sample, read_jsonl
+from omniground.grounding import parse
+from omniground.model.processing_omniground import IGNORE_INDEX, PLACEHOLDERS
 from omniground.train.config import DataSource, TrainConfigError
 
 MEGABATCH_MULTIPLIER = 16  # length grouping sorts within windows of this many global batches
@@ -24,14 +26,46 @@ MEGABATCH_MULTIPLIER = 16  # length grouping sorts within windows of this many g
 
 @dataclass
 class TrainItem:
-    """A sample with its media resolved against its JSONL's folder."""
+    """A sample with its media resolved against its JSONL's folder (or, `text_only`, its words alone)."""
 
     sample: Sample
     root: Path
+    text_only: bool = False
 
     @property
     def media_paths(self) -> list[str]:
         return [str(self.sample.media_path(i, self.root)) for i in range(len(self.sample.media))]
+
+
+def words_alone(sample: Sample) -> list[dict]:
+    """The sample's conversation without its media, cut before the first box or span an answer gives.
+
+    A box or span can only be learned with its media, the words before it can: "The cat to the left of the
+    cup is at" copies the question's phrase whatever the image. The cut answer is marked `open_end` (its end
+    is not where the answer ends, so the collate leaves its closing token unlearned). Returns [] when no
+    answer keeps a word; raises ValueError when a question holds a location (it means nothing without media).
+    """
+    out: list[dict] = []
+    for turn in sample.conversation:
+        text = turn.content
+        if turn.role != "assistant":
+            for tag in PLACEHOLDERS.values():
+                text = text.replace(tag + "\n", "").replace(tag, "")
+            if parse(text).located:
+                raise ValueError(f"sample {sample.id}: a question holds a box or span, which needs its media")
+            out.append({"role": turn.role, "content": text.strip()})
+            continue
+        located = parse(text).located
+        if not located:
+            out.append({"role": "assistant", "content": text})
+            continue
+        words = text[: located[0].start].rstrip()
+        if words:
+            out.append({"role": "assistant", "content": words, "open_end": True})
+        break
+    while out and out[-1]["role"] != "assistant":
+        out.pop()
+    return out
 
 
 def load_sources(sources: Sequence[DataSource]) -> list[TrainItem]:
@@ -49,7 +83,13 @@ def load_sources(sources: Sequence[DataSource]) -> list[TrainItem]:
                 continue
             if src.splits is not None and s.split not in src.splits:
                 continue
-            kept.append(TrainItem(s, src.path.parent))
+            if src.text_only:
+                try:
+                    if not words_alone(s):
+                        continue  # every answer starts with its location: no words to learn
+                except ValueError as e:
+                    raise TrainConfigError(f"{src.path}: text_only: {e}") from None
+            kept.append(TrainItem(s, src.path.parent, src.text_only))
             if src.limit is not None and len(kept) >= src.limit:
                 break
         if bad:
@@ -72,6 +112,8 @@ class SampleDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def media(self, item: TrainItem) -> list[Any]:
+        if item.text_only:
+            return []
         key = item.sample.id + "|" + "|".join(item.media_paths)
         if self.cache is not None and key in self.cache:
             return self.cache[key]
@@ -82,6 +124,8 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[dict], list[Any]]:
         item = self.items[i]
+        if item.text_only:
+            return words_alone(item.sample), []
         messages = [{"role": t.role, "content": t.content} for t in item.sample.conversation]
         return messages, self.media(item)
 
@@ -89,9 +133,10 @@ class SampleDataset(torch.utils.data.Dataset):
         """Tokens per sample (text + media placeholders): what length grouping sorts by."""
         tok = self.processor.tokenizer
         counts = self.processor.config.media_token_counts()
-        texts = ["\n".join(t.content for t in it.sample.conversation) for it in self.items]
+        texts = ["\n".join(m["content"] for m in words_alone(it.sample)) if it.text_only else
+                 "\n".join(t.content for t in it.sample.conversation) for it in self.items]
         text_tokens = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
-        media_tokens = [sum(counts[m.type] for m in it.sample.media) for it in self.items]
+        media_tokens = [0 if it.text_only else sum(counts[m.type] for m in it.sample.media) for it in self.items]
         return np.asarray(text_tokens, dtype=np.int64) + np.asarray(media_tokens, dtype=np.int64)
 
 
@@ -140,7 +185,10 @@ def shard(global_batch: list[int], rank: int, world: int) -> list[int]:
 
 
 class Collator:
-    """[(messages, media)] -> model inputs with `labels` on assistant turns only (the processor's masking)."""
+    """[(messages, media)] -> model inputs with `labels` on assistant turns only (the processor's masking).
+
+    A conversation whose last answer is cut (`open_end`, from `words_alone`) keeps its closing token unlearned.
+    """
 
     def __init__(self, processor, max_length: int | None = None):
         self.processor = processor
@@ -153,4 +201,8 @@ class Collator:
             conversations, media, add_generation_prompt=False, return_labels=True, padding_side="right",
             max_length=self.max_length,
         )
+        for row, messages in enumerate(conversations):
+            if messages and messages[-1].get("open_end"):
+                learned = (batch["labels"][row] != IGNORE_INDEX).nonzero()
+                batch["labels"][row, learned[-1]] = IGNORE_INDEX
         return batch
