@@ -91,7 +91,7 @@ cp $RUN/pointers/model/* $RUN/eval.json $DEST/
 {
     echo "commit: $COMMIT"
     echo "data: scripts/make_default_data.sh (train seed 0, extra seed 3, extra2 seed 5, extra3 seed 6, extra5..extra14 seeds 8..17, val seed 1, test/unseen seed 2, test-images seed 4, test-large seed 40)"
-    echo "configs: configs/omniground-tiny/stage{0,1,2,2b,3}.yaml, then configs/omniground-tiny/pointers.yaml"
+    echo "configs: configs/omniground-tiny/stage{0,1,2,2b,3,3b}.yaml, then configs/omniground-tiny/pointers.yaml"
     echo "eval.json: the held-out figures of these weights, from this script's evaluations"
 } > $DEST/TRAINED_FROM.txt
 echo "installed $DEST ($same)"

@@ -441,3 +441,15 @@ def test_the_shipped_model_keeps_its_held_out_figures_for_reproductions_to_be_co
     card = json.loads((CHECKPOINT_DIR / "omniground-tiny" / "eval.json").read_text())
     assert set(card) == {row[0] for row in RECIPE_FIGURES}
     assert all(0 < f["value"] <= 1 and f["n"] >= 51 for f in card.values())
+
+
+def test_the_recipe_configs_load_and_each_starts_from_the_step_before_it():
+    """What scripts/train_default.sh runs: every config valid, and each one's start the previous one's model."""
+    root = Path(__file__).parent.parent
+    loop = re.search(r"^for stage in ([\w ]+); do", (root / "scripts" / "train_default.sh").read_text(), re.M)
+    steps = loop.group(1).split()
+    assert steps[0] == "stage0" and steps[-1] == "pointers"
+    configs = [load_config(root / "configs" / "omniground-tiny" / f"{step}.yaml") for step in steps]
+    for before, after in zip(configs, configs[1:]):
+        assert Path(after.model.from_checkpoint) == before.model_dir, after.output_dir
+    assert all(load_config(p) for p in (root / "configs").glob("omniground-*/*.yaml"))
