@@ -213,6 +213,10 @@ def test_a_text_only_source_teaches_the_words_before_the_location_without_the_me
     tok = trainer.processor.tokenizer
     learned = [tok.decode(row[row != -100]) for row in batch["labels"]]
     assert learned == ["The red square", "The beep"]  # the cut answers' closing tokens are not learned
+    # cut by max_length before its closing token ("<|im_end|>\n"), it keeps every word
+    full = len(trainer.collate([trainer.train_set[0]])["input_ids"][0])
+    short = Collator(trainer.processor, max_length=full - 2)([trainer.train_set[0]])["labels"][0]
+    assert tok.decode(short[short != -100]) == "The red square"
     lm_before = {k: v.clone() for k, v in trainer.og.model.language_model.state_dict().items()}
     trainer.train()
     lm_after = trainer.og.model.language_model.state_dict()

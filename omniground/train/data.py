@@ -202,7 +202,8 @@ class Collator:
             max_length=self.max_length,
         )
         for row, messages in enumerate(conversations):
-            if messages and messages[-1].get("open_end"):
+            cut_short = self.max_length is not None and int(batch["attention_mask"][row].sum()) >= self.max_length
+            if messages and messages[-1].get("open_end") and not cut_short:  # cut short: its closing token is gone
                 learned = (batch["labels"][row] != IGNORE_INDEX).nonzero()
                 batch["labels"][row, learned[-1]] = IGNORE_INDEX
         return batch
