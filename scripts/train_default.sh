@@ -26,8 +26,9 @@ for f in train extra/train extra2/train extra3/train extra14/train test-images/t
 done
 
 # a variant's own config where it has one (small: stage 0), omniground-tiny's otherwise, chained through $RUN
+STAGES="stage0 stage1 stage2 stage2b stage3 stage3b pointers"  # pointers: the pointer heads refitted on stage 3b's model
 prev=
-for stage in stage0 stage1 stage2 stage2b stage3 stage3b pointers; do  # pointers: the pointer heads refitted on stage 3b's model
+for stage in $STAGES; do
     config=configs/omniground-$VARIANT/$stage.yaml
     [ -f $config ] || config=configs/omniground-tiny/$stage.yaml
     chain=(--set output_dir=$RUN/$stage)
@@ -36,14 +37,14 @@ for stage in stage0 stage1 stage2 stage2b stage3 stage3b pointers; do  # pointer
     prev=$stage
 done
 
-RUN=$RUN python - <<'PY'
+RUN=$RUN STAGES=$STAGES python - <<'PY'
 import json
 import os
 from pathlib import Path
 from omniground.train.report import plot_stages
 run = Path(os.environ["RUN"])
 stages = []
-for name in ("stage1", "stage2", "stage2b", "stage3", "stage3b"):
+for name in os.environ["STAGES"].split()[1:-1]:  # the LM's stages: stage 0 and the refit keep other figures
     m = json.loads((run / name / "metrics.json").read_text())
     stages.append((name, m["history"], m["evals"]))
 plot_stages(run / "curve.png", stages, title=f"{run.name}: all stages")

@@ -450,7 +450,7 @@ def test_the_shipped_model_keeps_its_held_out_figures_for_reproductions_to_be_co
 def test_the_recipe_configs_load_and_each_starts_from_the_step_before_it():
     """What scripts/train_default.sh runs: every config valid, and each one's start the previous one's model."""
     root = Path(__file__).parent.parent
-    loop = re.search(r"^for stage in ([\w ]+); do", (root / "scripts" / "train_default.sh").read_text(), re.M)
+    loop = re.search(r'^STAGES="([\w ]+)"', (root / "scripts" / "train_default.sh").read_text(), re.M)
     steps = loop.group(1).split()
     assert steps[0] == "stage0" and steps[-1] == "pointers"
     configs = [load_config(root / "configs" / "omniground-tiny" / f"{step}.yaml") for step in steps]

@@ -26,11 +26,11 @@ MEGABATCH_MULTIPLIER = 16  # length grouping sorts within windows of this many g
 
 @dataclass
 class TrainItem:
-    """A sample with its media resolved against its JSONL's folder (or, `text_only`, its words alone)."""
+    """A sample with its media resolved against its JSONL's folder, or (from a `text_only` source) its words alone."""
 
     sample: Sample
     root: Path
-    text_only: bool = False
+    words: list[dict] | None = None  # `words_alone(sample)`, for a text_only source: what is trained on, no media
 
     @property
     def media_paths(self) -> list[str]:
@@ -83,13 +83,15 @@ def load_sources(sources: Sequence[DataSource]) -> list[TrainItem]:
                 continue
             if src.splits is not None and s.split not in src.splits:
                 continue
+            words = None
             if src.text_only:
                 try:
-                    if not words_alone(s):
-                        continue  # every answer starts with its location: no words to learn
+                    words = words_alone(s)
                 except ValueError as e:
                     raise TrainConfigError(f"{src.path}: text_only: {e}") from None
-            kept.append(TrainItem(s, src.path.parent, src.text_only))
+                if not words:
+                    continue  # every answer starts with its location: no words to learn
+            kept.append(TrainItem(s, src.path.parent, words))
             if src.limit is not None and len(kept) >= src.limit:
                 break
         if bad:
@@ -112,7 +114,7 @@ class SampleDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def media(self, item: TrainItem) -> list[Any]:
-        if item.text_only:
+        if item.words is not None:
             return []
         key = item.sample.id + "|" + "|".join(item.media_paths)
         if self.cache is not None and key in self.cache:
@@ -124,8 +126,8 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[list[dict], list[Any]]:
         item = self.items[i]
-        if item.text_only:
-            return words_alone(item.sample), []
+        if item.words is not None:
+            return item.words, []
         messages = [{"role": t.role, "content": t.content} for t in item.sample.conversation]
         return messages, self.media(item)
 
@@ -133,10 +135,11 @@ class SampleDataset(torch.utils.data.Dataset):
         """Tokens per sample (text + media placeholders): what length grouping sorts by."""
         tok = self.processor.tokenizer
         counts = self.processor.config.media_token_counts()
-        texts = ["\n".join(m["content"] for m in words_alone(it.sample)) if it.text_only else
+        texts = ["\n".join(m["content"] for m in it.words) if it.words is not None else
                  "\n".join(t.content for t in it.sample.conversation) for it in self.items]
         text_tokens = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
-        media_tokens = [0 if it.text_only else sum(counts[m.type] for m in it.sample.media) for it in self.items]
+        media_tokens = [0 if it.words is not None else sum(counts[m.type] for m in it.sample.media)
+                        for it in self.items]
         return np.asarray(text_tokens, dtype=np.int64) + np.asarray(media_tokens, dtype=np.int64)
 
 
