@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 PLACEHOLDERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 PAD_TOKENS = {"image": IMAGE_PAD, "video": VIDEO_PAD, "audio": AUDIO_PAD}
 IGNORE_INDEX = -100
-_PLACEHOLDER_RE = re.compile(r"<(image|video|audio)>")
+PLACEHOLDER_RE = re.compile(r"<(image|video|audio)>")  # where media go in a message (serve neutralises typed ones)
 # A box/span written with location tokens (the model's own vocabulary, not the grounding language).
 LOC_GROUP_RE = re.compile(rf"({re.escape(BOX_TOKEN)}|{re.escape(SPAN_TOKEN)})((?:\s*<loc_\d+>)+)")
 
@@ -251,7 +251,7 @@ class OmniGroundProcessor:
             content = msg["content"]
             if isinstance(content, str):
                 text = content
-                for m in _PLACEHOLDER_RE.finditer(content):
+                for m in PLACEHOLDER_RE.finditer(content):
                     if not given:
                         raise ValueError(f"message has a {m.group(0)} placeholder but no media was given for it")
                     ordered.append((m.group(1), given.pop(0)))
@@ -312,7 +312,7 @@ class OmniGroundProcessor:
         counts = self.config.media_token_counts()
         for msg in messages:
             text = self.to_model_text(msg["content"], ex.meta.image_size, ex.meta.duration)
-            msg["content"] = _PLACEHOLDER_RE.sub(lambda m: PAD_TOKENS[m.group(1)] * counts[m.group(1)], text)
+            msg["content"] = PLACEHOLDER_RE.sub(lambda m: PAD_TOKENS[m.group(1)] * counts[m.group(1)], text)
         ex.input_ids, ex.labels = self._tokenize(messages, add_generation_prompt, with_labels)
         if answer_prefix:
             text = self.to_model_text(answer_prefix, ex.meta.image_size, ex.meta.duration)

@@ -24,9 +24,8 @@ from urllib.parse import unquote, urlparse
 
 from omniground import media as M
 from omniground.media.errors import MediaError
-from omniground.model.processing_omniground import RequestMeta
+from omniground.model.processing_omniground import PLACEHOLDER_RE, RequestMeta
 
-_PLACEHOLDER_RE = re.compile(r"<(image|video|audio)>")
 _DATA_URL_RE = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,", re.I)
 _PART_KIND = {"image_url": "image", "video_url": "video", "audio_url": "audio", "input_audio": "audio"}
 _ROLES = ("system", "user", "assistant", "developer")
@@ -220,4 +219,4 @@ def _role(role: str) -> str:
 
 def _neutralise(text: str) -> str:
     """Literal `<image>` typed by a user is text, not a request for media the caller never sent."""
-    return _PLACEHOLDER_RE.sub(lambda m: f"< {m.group(1)}>", text)
+    return PLACEHOLDER_RE.sub(lambda m: f"< {m.group(1)}>", text)
