@@ -15,9 +15,10 @@ eval "$SYNTH --out $OUT/extra --split train --seed 3 --images 6000 --videos 0 --
 eval "$SYNTH --out $OUT/extra2 --split train --seed 5 --images 6000 --videos 0 --audios 0 --stages 2 $SMALL"
 # 8000 clips (seed 6) that only the pointer refit reads: the span head fitted on clips no earlier stage saw
 eval "$SYNTH --out $OUT/extra3 --split train --seed 6 --images 0 --videos 4000 --audios 4000 --stages 2 $SMALL"
-# 60,000 scenes (seeds 8-17, 6000 each) that only the pointer refit reads (and stage 2b the sound-localisation
-# questions of the first four): the region head over-fitted 18,000 scenes' boxes (training 0.93, held out
-# 0.78); with 30,000 of these held-out REC rose about 5 points
+# 60,000 scenes (seeds 8-17, 6000 each) whose REC boxes only the pointer refit reads (of the first four, stage 0
+# reads the pixels, stage 2b the sound-localisation questions, stage 3b the REC questions' words): the region
+# head over-fitted 18,000 scenes' boxes (training 0.93, held out 0.78); with 30,000 of these held-out REC rose
+# about 5 points
 for i in 5 6 7 8 9 10 11 12 13 14; do
     eval "$SYNTH --out $OUT/extra$i --split train --seed $((i + 3)) --images 6000 --videos 0 --audios 0 --stages 2 $SMALL"
 done
