@@ -243,7 +243,7 @@ class OmniGround:
         region pointer then finds the thing (box score >= DECLINE_OVERRULED_AT: more likely there than "nothing
         here"), that answer replaces the decline. Why: a small LM's words tell a thing the image lacks from one
         it shows worse than the pointer's score does: omniground-tiny's declined 6% of the things an image shows
-        and 4% of those it lacks, now 0.7% and 8%, while the score tells them apart at AUROC 0.95. Only `rows`
+        and 4% of those it lacks, now 0.4% and 3%, while the score tells them apart at AUROC 0.94. Only `rows`
         (default: all) may be re-asked; `kwargs` go to `chat_batch`."""
         media = media or [None] * len(results)
         # the text first: telling an image from a clip may open the file (`media_type`), so only for declines
