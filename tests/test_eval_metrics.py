@@ -200,3 +200,30 @@ def test_answers_without_a_location_are_counted_apart():
     preds = {"s": parse_prediction(s, "I cannot tell."), "t": parse_prediction(t, "[0.1,0.2,0.5,0.6]")}
     m = score([s, t], preds)["rec/train"]
     assert m["no_location"] == 0.5 and m["acc@0.5"] == 0.5  # the unanswered one is a miss, not dropped
+
+
+def test_shares_of_samples_get_wilson_intervals_and_other_metrics_none():
+    from omniground.eval.metrics import share_intervals, wilson_interval
+
+    lo, hi = wilson_interval(0.5, 100)  # the textbook case: 50 of 100, 0.404-0.596
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0.0, 10)[0] == 0.0 and wilson_interval(1.0, 10)[1] == 1.0  # never outside [0, 1]
+    assert wilson_interval(0.0, 10)[1] == pytest.approx(0.2775, abs=1e-4)  # 0 of 10 does not pin the rate to 0
+    narrow, wide = wilson_interval(0.8, 1000), wilson_interval(0.8, 100)
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2  # more samples, a tighter interval
+    got = share_intervals({"acc@0.5": 0.5, "acc@0.75": 0.25, "macc": 0.3, "miou": 0.4, "r1@0.3": 0.9, "r5@0.5": 1.0,
+                           "rejection_acc": 0.2, "exact_match": 0.5, "yes_no_acc": 0.5, "recall@0.5": 0.4,
+                           "no_location": 0.0, "n": 100})
+    # yes_no_acc counts only the samples asked yes/no and recall@0.5 boxes, not the group's n samples
+    assert set(got) == {"acc@0.5", "acc@0.75", "r1@0.3", "r5@0.5", "rejection_acc", "exact_match"}
+    assert got["acc@0.5"] == pytest.approx([lo, hi])
+    assert share_intervals({"acc@0.5": 0.5, "n": 0}) == {}
+
+
+def test_paired_p_value_is_mcnemars_exact_test():
+    from omniground.eval.metrics import paired_p_value
+
+    assert paired_p_value(0, 6) == pytest.approx(2 / 2**6)  # all six discordant samples one way
+    assert paired_p_value(6, 0) == paired_p_value(0, 6)
+    assert paired_p_value(3, 3) == 1.0 and paired_p_value(0, 0) == 1.0
+    assert paired_p_value(2, 8) == pytest.approx(2 * (1 + 10 + 45) / 2**10)  # P(X <= 2), X ~ Bin(10, 1/2), twice

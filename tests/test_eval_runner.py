@@ -138,6 +138,64 @@ def test_cli_run_writes_report_and_compare_shows_deltas(tmp_path, endpoint):
     (tmp_path / "b.json").write_text(json.dumps(better))
     r = runner.invoke(app, ["compare", str(out / "metrics.json"), str(tmp_path / "b.json")])
     assert r.exit_code == 0 and "+0.250" in r.output
+    assert "deltas only, not paired" in r.output  # b.json has no per-sample IoUs beside it
+
+
+def compared(output: str) -> dict[str, dict[str, list[str]]]:
+    """`eval compare`'s tables: group -> metric -> its A only, B only and p cells."""
+    out: dict[str, dict[str, list[str]]] = {}
+    group = None
+    for line in output.splitlines():
+        if "│" not in line and "┃" not in line and "━" not in line and "─" not in line and line.strip():
+            group = line.strip()  # a table's title
+        elif line.count("│") == 8:
+            cells = [c.strip() for c in line.split("│")[1:-1]]
+            out.setdefault(group, {})[cells[0]] = cells[-3:]
+    return out
+
+
+def test_figures_carry_intervals_and_compare_pairs_the_samples(tmp_path, endpoint):
+    from omniground.eval.metrics import wilson_interval
+
+    make_benchmark(tmp_path)
+    runner = CliRunner()
+    out = tmp_path / "a"
+    r = runner.invoke(app, ["run", "--data", str(tmp_path / "bench.jsonl"), "--out", str(out), "--endpoint",
+                            endpoint.url, "--endpoint-model", "peer-vl", "--examples", "0"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["rec/test"]["ci95"]["acc@0.5"] == pytest.approx(wilson_interval(0.5, 4))
+    assert "miou" not in metrics["rec/test"]["ci95"]
+    lo, hi = wilson_interval(0.5, 4)
+    assert f"| 95% interval | {lo:.3f}-{hi:.3f} |" in (out / "report.md").read_text()
+    per_sample = [json.loads(line) for line in (out / "per_sample.jsonl").read_text().splitlines()]
+    ious = {r["id"]: r["iou"] for r in per_sample}
+    assert ious["rec0"] == pytest.approx(1.0) and ious["rec2"] == 0.0 and ious["aud0"] == pytest.approx(1.0)
+    assert {r["group"] for r in per_sample} == {"rec/test", "audio_grounding/test"}
+
+    # B: right on rec2 and rec3, wrong on rec1 (right in A only at IoU exactly 0.5: a tie that counts)
+    b = tmp_path / "b"
+    b.mkdir()
+    doc = json.loads((out / "metrics.json").read_text()) | {"system": "B"}
+    doc["metrics"]["rec/test"]["acc@0.5"] = 0.75
+    (b / "metrics.json").write_text(json.dumps(doc))
+    changed = {"rec1": 0.2, "rec2": 0.9, "rec3": 0.8}
+    (b / "per_sample.jsonl").write_text("".join(json.dumps(r | {"iou": changed.get(r["id"], r["iou"])}) + "\n"
+                                                for r in per_sample))
+    r = runner.invoke(app, ["compare", str(out / "metrics.json"), str(b / "metrics.json")])
+    assert r.exit_code == 0, r.output
+    assert compared(r.output)["rec/test"]["acc@0.5"] == ["1", "2", "1.000"]  # A only, B only, McNemar's p
+    assert compared(r.output)["rec/test"]["miou"] == ["", "", ""]  # not a share of samples: not paired
+    assert "McNemar" in r.output
+
+    # REC scored on other samples (one missing from B): its deltas only; audio still paired
+    (b / "per_sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per_sample if r["id"] != "rec3"))
+    r = runner.invoke(app, ["compare", str(out / "metrics.json"), str(b / "metrics.json")])
+    assert compared(r.output)["rec/test"]["acc@0.5"] == ["", "", ""]
+    assert compared(r.output)["audio_grounding/test"]["r1@0.5"] == ["0", "0", "1.000"]
+    (b / "per_sample.jsonl").unlink()
+    r = runner.invoke(app, ["compare", str(out / "metrics.json"), str(b / "metrics.json")], terminal_width=200)
+    assert r.exit_code == 0 and "deltas only, not paired" in r.output
 
 
 def test_cli_errors_are_one_line(tmp_path):

@@ -430,11 +430,12 @@ def test_a_recipe_run_is_summed_up_beside_the_shipped_model_and_the_targets(tmp_
     out = io.StringIO()
     Console(file=out, width=150).print(recipe_table(figures, shipped))
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
-            for line in out.getvalue().splitlines() if line.count("│") == 6}
-    assert rows["REC Acc@0.5, test, phrase given"] == ["276", "0.860", "-", "0.85 met"]
-    assert rows["REC Acc@0.5, test, free answer"] == ["276", "0.840", "0.833", "0.85 missed"]
-    assert rows["audio R@1 at IoU 0.5, test"] == ["200", "-", "0.865", "0.75"]  # this run did not measure it
-    assert rows["audio, unseen combinations"] == ["100", "0.600", "-", ""]
+            for line in out.getvalue().splitlines() if line.count("│") == 7}
+    # n, this run, its 95% interval (Wilson), shipped, target
+    assert rows["REC Acc@0.5, test, phrase given"] == ["276", "0.860", "0.813-0.895", "-", "0.85 met"]
+    assert rows["REC Acc@0.5, test, free answer"] == ["276", "0.840", "0.793-0.879", "0.833", "0.85 missed"]
+    assert rows["audio R@1 at IoU 0.5, test"] == ["200", "-", "", "0.865", "0.75"]  # this run did not measure it
+    assert rows["audio, unseen combinations"] == ["100", "0.600", "0.502-0.691", "-", ""]
     assert "sound localisation, large draw (seed 40)" not in rows  # measured by neither
 
 

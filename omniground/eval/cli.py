@@ -183,7 +183,7 @@ def bench(
 
 
 def _print_metrics(system: str, metrics: dict) -> None:
-    from omniground.eval.report import HEADLINE
+    from omniground.eval.report import HEADLINE, interval_text
 
     for group, m in metrics.items():
         table = Table(title=f"{system} - {group} (n={m.get('n')})")
@@ -191,13 +191,49 @@ def _print_metrics(system: str, metrics: dict) -> None:
         for c in cols:
             table.add_column(c, justify="right")
         table.add_row(*[f"{m[c]:.3f}" for c in cols])
+        if ci := m.get("ci95"):
+            table.add_row(*[f"[dim]{interval_text(ci[c])}[/dim]" if c in ci else "" for c in cols])
         console.print(table)
+    if any("ci95" in m for m in metrics.values()):
+        console.print("[dim]under each share: its 95% interval (Wilson)[/dim]")
+
+
+def _per_sample(metrics_json: Path) -> dict[str, dict[str, float]] | None:
+    """group -> sample id -> top-1 IoU, from the per_sample.jsonl `eval run` writes beside metrics.json."""
+    from omniground.eval.report import PER_SAMPLE
+
+    path = metrics_json.parent / PER_SAMPLE
+    if not path.is_file():
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            r = json.loads(line)
+            out.setdefault(str(r["group"]), {})[str(r["id"])] = float(r["iou"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise EvalError(f"{path}: line {i} is not an id, group and iou ({type(e).__name__})") from e
+    return out
+
+
+def _paired(metric: str, a: dict[str, float] | None, b: dict[str, float] | None) -> tuple[int, int, float] | None:
+    """For a top-1 IoU threshold metric (acc@t, r1@t) scored on the same samples by both: (right for A alone,
+    right for B alone, McNemar's exact p-value); None where it cannot be paired."""
+    from omniground.eval.metrics import IOU_TIE, paired_p_value
+
+    kind, _, threshold = metric.partition("@")
+    if kind not in ("acc", "r1") or not a or not b or a.keys() != b.keys():
+        return None
+    t = float(threshold) - IOU_TIE
+    only_a = sum(a[i] >= t > b[i] for i in a)
+    only_b = sum(b[i] >= t > a[i] for i in a)
+    return only_a, only_b, paired_p_value(only_a, only_b)
 
 
 @app.command("compare")
 def compare(a: Path = typer.Argument(..., help="metrics.json of system A"),
             b: Path = typer.Argument(..., help="metrics.json of system B")) -> None:
-    """Side-by-side table of two metrics.json files with B - A deltas."""
+    """Side-by-side table of two metrics.json files with B - A deltas, and where both were scored on the same
+    samples (per_sample.jsonl beside each), the samples each got right alone and whether that split is chance."""
     from omniground.eval.report import HEADLINE
 
     docs = []
@@ -207,15 +243,31 @@ def compare(a: Path = typer.Argument(..., help="metrics.json of system A"),
         except (OSError, ValueError) as e:
             raise EvalError(f"{p}: not a readable metrics.json ({type(e).__name__})") from e
     (da, db) = docs
-    table = Table(title=f"{da.get('system', a)} vs {db.get('system', b)}")
-    for col in ("group", "metric", "A", "B", "B - A"):
-        table.add_column(col, justify="left" if col in ("group", "metric") else "right")
-    for group in sorted(set(da["metrics"]) | set(db["metrics"])):
+    sa, sb = _per_sample(a), _per_sample(b)
+    console.print(f"A: {da.get('system', a)}   B: {db.get('system', b)}", highlight=False)
+    paired_any = False
+    for group in sorted(set(da["metrics"]) | set(db["metrics"])):  # a table each: names like audio_grounding/unseen
+        table = Table(title=group)
+        for col in ("metric", "A", "B", "B - A", "A only", "B only", "p"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
         ma, mb = da["metrics"].get(group, {}), db["metrics"].get(group, {})
         for k in [c for c in HEADLINE if c in ma or c in mb]:
             va, vb = ma.get(k), mb.get(k)
             delta = "" if va is None or vb is None else f"{vb - va:+.3f}"
             style = "green" if delta.startswith("+") and delta != "+0.000" else "red" if delta.startswith("-") else ""
-            table.add_row(group, k, "-" if va is None else f"{va:.3f}", "-" if vb is None else f"{vb:.3f}",
-                          f"[{style}]{delta}[/{style}]" if style else delta)
-    console.print(table)
+            paired = _paired(k, (sa or {}).get(group), (sb or {}).get(group))
+            paired_any |= paired is not None
+            only = ["", "", ""] if paired is None else \
+                [str(paired[0]), str(paired[1]), f"[bold]{paired[2]:.3f}[/bold]" if paired[2] < 0.05 else f"{paired[2]:.3f}"]
+            table.add_row(k, "-" if va is None else f"{va:.3f}", "-" if vb is None else f"{vb:.3f}",
+                          f"[{style}]{delta}[/{style}]" if style else delta, *only)
+        console.print(table)
+    if paired_any:
+        console.print("A only / B only: the samples that system alone got right (top-1 IoU at the threshold); p: "
+                      "McNemar's exact test on them, the chance of a split this uneven between two equally good "
+                      "systems (bold below 0.05).", highlight=False, soft_wrap=True)
+    elif sa is None or sb is None:
+        console.print(f"[dim]no per-sample IoUs beside {a if sa is None else b} (per_sample.jsonl, written by "
+                      "`omniground eval run`): deltas only, not paired[/dim]", soft_wrap=True)
+    else:
+        console.print("[dim]no group was scored on the same samples by both: deltas only, not paired[/dim]", soft_wrap=True)

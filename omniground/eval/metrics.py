@@ -8,6 +8,9 @@
   200 ms, offset within max(200 ms, 20 % of the reference length)), one-to-one matching.
 - Grounded captions: recall of the named ground-truth boxes; VQA-style: exact match after the usual
   normalisation; yes/no: accuracy of the first yes/no word.
+- How sure a figure is: the metrics that are shares of the samples (Acc@t, R@n, rejection, exact match) get a
+  95% Wilson interval, and two systems scored on the same samples are compared pair by pair (McNemar's exact
+  test): at n=100 a share of 0.55 is 0.45-0.65, and a 2-point lift on 662 questions is often chance.
 
 A missing prediction (the model gave no box/span) scores IoU 0: it is never dropped from the
 denominator, which is how a parser failure would otherwise inflate a number.
@@ -59,6 +62,39 @@ def rec_metrics(preds: Sequence[Sequence[Box]], gts: Sequence[Box]) -> dict[str,
     out["miou"] = float(ious.mean()) if len(ious) else 0.0
     out["n"] = len(ious)
     return out
+
+
+# Metrics that are the share of the samples a system got right, one yes/no per sample: a binomial interval
+# describes them. (yes_no_acc counts only the samples asked yes/no, recall@0.5 boxes: not these.)
+SHARE_OF_SAMPLES = re.compile(r"(acc|r\d+)@[\d.]+|rejection_acc|exact_match")
+
+
+def is_share_of_samples(metric: str) -> bool:
+    return SHARE_OF_SAMPLES.fullmatch(metric) is not None
+
+
+def wilson_interval(share: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The interval a share of n samples pins the true rate to (Wilson score). Why Wilson: it stays inside
+    [0, 1] and keeps its coverage at small n and shares near 0 or 1, where share +- 1.96 standard errors does not."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(round(share * n), n).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def share_intervals(metrics: dict[str, float]) -> dict[str, list[float]]:
+    """A group's metrics -> the 95% interval of each that is a share of its n samples."""
+    n = int(metrics.get("n") or 0)
+    return {k: list(wilson_interval(v, n)) for k, v in metrics.items() if n and is_share_of_samples(k)}
+
+
+def paired_p_value(only_a: int, only_b: int) -> float:
+    """Two systems on the same samples: `only_a` right for A alone, `only_b` for B alone -> the two-sided p-value
+    of McNemar's exact test, the chance of a split this uneven were both equally good. Samples both got right
+    or both wrong say nothing about which is better, and are left out."""
+    from scipy.stats import binomtest
+
+    return 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
 def temporal_metrics(

@@ -21,10 +21,17 @@ HEADLINE = ["acc@0.5", "acc@0.75", "acc@0.9", "macc", "r1@0.3", "r1@0.5", "r1@0.
             "recall@0.5", "rejection_acc", "yes_no_acc", "exact_match", "no_location"]
 
 
+PER_SAMPLE = "per_sample.jsonl"  # beside metrics.json
+
+
 def write_metrics(path: Path, system: str, metrics: dict, baselines: dict, extra: dict | None = None) -> None:
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(finite({"system": system, "metrics": metrics, "baselines": baselines,
                                           **(extra or {})}), indent=2))
+
+
+def interval_text(ci: Sequence[float]) -> str:
+    return f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
 def markdown_report(system: str, metrics: dict, baselines: dict, notes: Sequence[str] = (),
@@ -39,6 +46,8 @@ def markdown_report(system: str, metrics: dict, baselines: dict, notes: Sequence
         lines += [f"## {group} (n={m.get('n', '?')})", "", "| system | " + " | ".join(cols) + " |",
                   "| --- |" + " --- |" * len(cols)]
         lines.append(f"| **{system}** | " + " | ".join(f"**{m[c]:.3f}**" for c in cols) + " |")
+        if ci := m.get("ci95"):
+            lines.append("| 95% interval | " + " | ".join(interval_text(ci[c]) if c in ci else "" for c in cols) + " |")
         for bname, bm in baselines.items():
             if group in bm:
                 lines.append(f"| {bname} | " + " | ".join(f"{bm[group].get(c, float('nan')):.3f}" for c in cols) + " |")
@@ -50,7 +59,8 @@ def markdown_report(system: str, metrics: dict, baselines: dict, notes: Sequence
 
 def write_report(out_dir: Path, system: str, metrics: dict, baselines: dict, samples: Sequence[Sample],
                  preds: dict[str, Prediction], root: Path, notes: Sequence[str] = (), examples: int = 3) -> Path:
-    """metrics.json, report.md, IoU histograms and examples.md with best/worst drawings; returns report.md."""
+    """metrics.json, report.md, per_sample.jsonl (each sample's top-1 IoU), IoU histograms and examples.md with
+    best/worst drawings; returns report.md."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,6 +69,10 @@ def write_report(out_dir: Path, system: str, metrics: dict, baselines: dict, sam
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(out_dir / "metrics.json", system, metrics, baselines, {"notes": list(notes)})
     groups = ious_by_group(samples, preds)
+    # each sample's top-1 IoU: what `omniground eval compare` pairs two systems' answers on
+    with atomic_output(out_dir / PER_SAMPLE) as tmp:
+        tmp.write_text("".join(json.dumps({"id": s.id, "group": g, "iou": v}) + "\n"
+                               for g, pairs in groups.items() for v, s in pairs))
     for group, pairs in groups.items():
         fig = Figure(figsize=(5, 3), dpi=100)
         ax = fig.add_subplot()

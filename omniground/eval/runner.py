@@ -22,6 +22,7 @@ from omniground.eval.metrics import (
     exact_match,
     grounded_caption_recall,
     rec_metrics,
+    share_intervals,
     temporal_metrics,
     yes_no,
     yes_no_accuracy,
@@ -171,6 +172,8 @@ def score(samples: Sequence[Sample], preds: dict[str, Prediction]) -> dict[str, 
         elif task == "vqa":
             out[name] = {"exact_match": exact_match([p.text if p else "" for p in got],
                                                     [reference_answer(s) for s in ss]), "n": len(ss)}
+        if name in out and (ci := share_intervals(out[name])):
+            out[name]["ci95"] = ci
     return out
 
 

@@ -198,13 +198,16 @@ def recipe_figures(run: Path) -> dict[str, dict[str, Any]]:
 
 
 def recipe_table(figures: dict[str, dict], shipped: dict[str, dict] | None = None, title: str = ""):
-    """A rich table of a run's figures beside the shipped model's (its `eval.json`) and the targets: whether a
-    reproduction got what ships, at a glance."""
+    """A rich table of a run's figures, each with its 95% interval, beside the shipped model's (its `eval.json`)
+    and the targets: whether a reproduction got what ships, and how far chance reaches at its n, at a glance."""
     from rich.table import Table
 
+    from omniground.eval.metrics import wilson_interval
+    from omniground.eval.report import interval_text
+
     table = Table(title=title)
-    for name, justify in (("held out", "left"), ("n", "right"), ("this run", "right"), ("shipped", "right"),
-                          ("target", "right")):
+    for name, justify in (("held out", "left"), ("n", "right"), ("this run", "right"), ("95% interval", "right"),
+                          ("shipped", "right"), ("target", "right")):
         table.add_column(name, justify=justify)
     shown = lambda f: "-" if f is None else f"{f['value']:.3f}"  # noqa: E731
     for label, _, _, _, target in RECIPE_FIGURES:
@@ -212,6 +215,7 @@ def recipe_table(figures: dict[str, dict], shipped: dict[str, dict] | None = Non
         if mine is None and theirs is None:
             continue
         verdict = "" if target is None or mine is None else (" met" if mine["value"] >= target else " missed")
-        table.add_row(label, str((mine or theirs).get("n") or ""), shown(mine), shown(theirs),
+        interval = interval_text(wilson_interval(mine["value"], mine["n"])) if mine and mine.get("n") else ""
+        table.add_row(label, str((mine or theirs).get("n") or ""), shown(mine), interval, shown(theirs),
                       "" if target is None else f"{target:.2f}{verdict}")
     return table
