@@ -194,6 +194,7 @@ class OmniGround:
         streamer=None,
         answer_prefixes: list[str | None] | None = None,
         check_declines: bool = True,
+        region_mirror: bool | None = None,
         **generate_kwargs,
     ) -> list[ChatResult]:
         """Answer several conversations in one left-padded batch; one ChatResult each, in order.
@@ -204,6 +205,8 @@ class OmniGround:
         declines in words is checked by the region pointer (`overrule_declines`), and a grounding answer (given
         its start) that writes no box or span is re-asked for it (`location_after_start`); not with a `streamer`,
         as what it has shown is not taken back (`omniground.serve.generation` holds a decline back instead).
+        `region_mirror` (default: the model's config): each box on an answer's one image is chosen from the
+        region pointer's view of the image and of its mirror image (`mirror_view`).
         """
         inputs, metas = self.processor.prepare(conversations, media, add_generation_prompt=True,
                                                answer_prefixes=answer_prefixes)
@@ -215,7 +218,14 @@ class OmniGround:
             kw.update(temperature=temperature, top_p=top_p, top_k=top_k)
         if stop:
             kw.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-        out = self.model.generate(**inputs, return_dict_in_generate=True, output_logits=True, streamer=streamer, **kw)
+        mirror = self.model.config.region_mirror if region_mirror is None else region_mirror
+        self.model.mirror_view = self.mirror_view(conversations, media, metas) \
+            if mirror and self.model.region_pointer is not None else None
+        try:
+            out = self.model.generate(**inputs, return_dict_in_generate=True, output_logits=True, streamer=streamer,
+                                      **kw)
+        finally:
+            self.model.mirror_view = None
         new = out.sequences[:, inputs["input_ids"].shape[1] :]  # (B, T)
         logits = torch.stack(out.logits, dim=1).float()  # (B, T, V)
         probs = logits.softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)  # (B, T) prob of each chosen token
@@ -225,10 +235,35 @@ class OmniGround:
         if check_declines and streamer is None:
             unprefixed = [i for i in range(len(results)) if not (answer_prefixes and answer_prefixes[i])]
             again = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop,
-                         **generate_kwargs)
+                         region_mirror=region_mirror, **generate_kwargs)
             results = self.overrule_declines(conversations, media, results, unprefixed, **again)
             results = self.location_after_start(conversations, media, results, answer_prefixes, **again)
         return results
+
+    def mirror_view(self, conversations: list[list[dict]], media: list[list | None] | None, metas: list[RequestMeta]
+                    ) -> Callable[[int, list[int]], tuple[torch.Tensor, torch.Tensor] | None]:
+        """`region_mirror`'s second view, for generate() to call where a row is to write a box: (row, the ids it
+        generated so far) -> the region pointer's probabilities and patch boxes (`region_view`) for the row's
+        conversation and answer so far, said of its image mirrored left to right (`mirrored_text`: "the second
+        cup from the left" becomes "... from the right"); None for a row without exactly one image. Why: two
+        views of one scene err apart, as the region pointer's heads do, and each box is chosen from both
+        (test-time augmentation; omniground-tiny's REC about +1.5 points: configs/omniground-tiny/README.md)."""
+        media = media or [None] * len(conversations)
+        loaded: dict[int, list | None] = {}  # each row's media, decoded once
+
+        def view(row: int, generated: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+            if row not in loaded:
+                kinds = [_media_kind(m) for m in media[row] or []]
+                loaded[row] = [self.processor.load_media(k, m) for k, m in zip(kinds, media[row] or [])] \
+                    if kinds.count("image") == 1 else None
+            answer = self.tokenizer.decode(metas[row].answer_prefix_ids + generated, skip_special_tokens=False)
+            if loaded[row] is None or not answer.endswith(BOX_TOKEN):
+                return None
+            inputs, _ = self.processor.prepare([conversations[row]], [loaded[row]], answer_prefixes=[answer],
+                                               mirror=True)
+            return self.model.region_view(**inputs.to(self.device))
+
+        return view
 
     def checks_declines(self, media: list | None) -> bool:
         """Whether `overrule_declines` may re-ask an answer about `media`: one image, and a region pointer that

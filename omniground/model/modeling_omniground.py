@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -162,6 +163,10 @@ class OmniGroundConfig(PreTrainedConfig):
     # How many region pointer heads (query, key, presence, reread; one box regressor) answer together, their
     # probabilities averaged: fitted apart from different starts (the pointer refit), they err apart.
     region_heads: int = 1
+    # The region pointer also reads the image mirrored left to right, with the text's left and right swapped
+    # (`OmniGround.chat_batch` runs that view, `region_view`), and each box is chosen from both views'
+    # probabilities averaged -- test-time augmentation: two views of one scene err apart, as two heads do.
+    region_mirror: bool = False
     # A span on a clip is two pointers at its time slots (the time-anchored resampler's output tokens), where
     # it starts and where it ends; the `<loc_k>` tokens written are those slots' times. See SpanPointer.
     span_pointers: bool = False
@@ -812,10 +817,35 @@ class RegionPointer(nn.Module):
         """`choose` for M boxes at once: hidden (M, H), patches (M, P, Dv), boxes (M, P, 4)[, text (M, L, H) and
         its mask (M, L)] -> each one's four bins and confidence (the pointer refit scores its tens of thousands
         of training boxes so)."""
-        probs = torch.stack([m.logits(hidden, patches, *text).float().softmax(-1) for m in self.members()]).mean(0)
-        choice, confidence = agreed_choice(probs[:, : boxes.shape[1]], boxes.float())
-        chosen = boxes[torch.arange(len(boxes), device=boxes.device), choice]
-        return [box_bins(box, num_bins) for box in chosen], confidence.tolist()
+        return choose_region(self.probabilities(hidden, patches, *text), boxes, num_bins)
+
+    def probabilities(self, hidden: torch.Tensor, patches: torch.Tensor, *text: torch.Tensor) -> torch.Tensor:
+        """(M, P) over the patches -- (M, P + 1) with presence, the last "nothing here" -- the heads' averaged."""
+        return torch.stack([m.logits(hidden, patches, *text).float().softmax(-1) for m in self.members()]).mean(0)
+
+
+def choose_region(probs: torch.Tensor, boxes: torch.Tensor, num_bins: int) -> tuple[list[list[int]], list[float]]:
+    """Probabilities (M, >= N) of N candidate boxes (M, N, 4) -- any further column ("nothing here") keeps its
+    share -- -> each row's box of highest expected IoU (`agreed_choice`) as four bins, and its confidence."""
+    choice, confidence = agreed_choice(probs[:, : boxes.shape[1]], boxes.float())
+    chosen = boxes[torch.arange(len(boxes), device=boxes.device), choice]
+    return [box_bins(box, num_bins) for box in chosen], confidence.tolist()
+
+
+def mirrored_boxes(boxes: torch.Tensor) -> torch.Tensor:
+    """Boxes (..., 4) in a square frame -> the same boxes in the frame mirrored left to right."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([1 - x2, y1, 1 - x1, y2], -1)
+
+
+def with_mirror_view(probs: torch.Tensor, boxes: torch.Tensor, mirror_probs: torch.Tensor, mirror_boxes: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A box's candidates (probabilities (M, P[+1]), boxes (M, P, 4)) and those of its mirrored view (the boxes in
+    the mirrored frame) -> both views' candidates in one frame, 2P, each view's probabilities halved: what
+    `choose_region` reads for `region_mirror`. "Nothing here" keeps the mean of its two shares, outside."""
+    n = boxes.shape[1]
+    return (torch.cat([probs[:, :n], mirror_probs[:, :n]], 1) / 2,
+            torch.cat([boxes, mirrored_boxes(mirror_boxes)], 1))
 
 
 def agreed_choice(probs: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1079,6 +1109,9 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
         if config.span_heads != 1 and (self.span_pointer is None or config.span_heads < 1):
             raise ValueError(f"span_heads {config.span_heads}: needs span_pointers and at least one head")
         self._pointing = None  # the current generate() batch's region patches/boxes, clip slots, tokens to force
+        # `region_mirror`: set by `OmniGround.chat_batch` around generate(); (row, the ids it generated so far,
+        # ending in a `<|box|>`) -> `region_view` of that row mirrored, or None where it has no mirrored view
+        self.mirror_view: Callable[[int, list[int]], tuple[torch.Tensor, torch.Tensor] | None] | None = None
         self._new_token_hooks: list = []
         # Training forwards run every media branch (on a blank input where the batch has none of that media)
         # and touch every pointer head, adding zero to the loss. Why: FSDP (and ZeRO-3) gathers each sharded
@@ -1188,43 +1221,9 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             # left padding: positions count real tokens only (generate makes these itself when decoding)
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, H)
-            media: dict[int, torch.Tensor] = {}
-            image_patches = None
-            blank: list[int] = []  # `every_branch`: the kinds of media this batch lacks, run on blanks
-            if self.every_branch and labels is not None:
-                fill = self._blank_media(inputs_embeds)
-                if pixel_values is None:
-                    pixel_values = fill["image"]
-                    blank.append(self.config.image_token_id)
-                if video_pixel_values is None:
-                    video_pixel_values, video_frame_mask, video_timestamps, video_durations = fill["video"]
-                    blank.append(self.config.video_token_id)
-                if audio_features is None:
-                    audio_features, audio_window_mask, audio_starts, audio_durations = fill["audio"]
-                    blank.append(self.config.audio_token_id)
-            if pixel_values is not None:
-                image_patches = self.vision_tower(pixel_values.to(self.vision_dtype))  # (Ni, P, Dv)
-                media[self.config.image_token_id] = self.project_images(image_patches)
-            if video_pixel_values is not None:
-                media[self.config.video_token_id] = self.encode_videos(
-                    video_pixel_values, video_frame_mask, video_timestamps, video_durations
-                )
-            if audio_features is not None:
-                media[self.config.audio_token_id] = self.encode_audios(
-                    audio_features, audio_window_mask, audio_starts, audio_durations
-                )
-            if blank:  # their outputs enter the loss times zero: every branch gets a (zero) gradient
-                idle = sum(media.pop(tid).sum() for tid in blank) * 0.0
-                inputs_embeds = inputs_embeds + idle
-                if self.config.image_token_id in blank:
-                    image_patches = None
-            if prefill:
-                for name, tid in (("image", self.config.image_token_id), ("video", self.config.video_token_id),
-                                  ("audio", self.config.audio_token_id)):
-                    if tid not in media and bool((input_ids == tid).any()):
-                        raise ValueError(f"prompt has {name} placeholders but no {name} inputs were given")
-            inputs_embeds = merge_media_embeddings(input_ids, inputs_embeds, media)
+            inputs_embeds, image_patches, media = self._embed_inputs(
+                input_ids, labels, prefill, pixel_values, video_pixel_values, video_frame_mask, video_timestamps,
+                video_durations, audio_features, audio_window_mask, audio_starts, audio_durations)
             if self.location_pointer is not None:
                 return self._forward_pointer(
                     input_ids, inputs_embeds, media.get(self.config.image_token_id), prefill,
@@ -1248,6 +1247,50 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+    def _embed_inputs(self, input_ids, labels, prefill, pixel_values=None, video_pixel_values=None,
+                      video_frame_mask=None, video_timestamps=None, video_durations=None, audio_features=None,
+                      audio_window_mask=None, audio_starts=None, audio_durations=None):
+        """Text ids with media placeholders + the media tensors -> the LM's input embeddings (B, L, H), the image
+        patch features (Ni, P, Dv) or None, and each kind's media embeddings by placeholder id."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, H)
+        media: dict[int, torch.Tensor] = {}
+        image_patches = None
+        blank: list[int] = []  # `every_branch`: the kinds of media this batch lacks, run on blanks
+        if self.every_branch and labels is not None:
+            fill = self._blank_media(inputs_embeds)
+            if pixel_values is None:
+                pixel_values = fill["image"]
+                blank.append(self.config.image_token_id)
+            if video_pixel_values is None:
+                video_pixel_values, video_frame_mask, video_timestamps, video_durations = fill["video"]
+                blank.append(self.config.video_token_id)
+            if audio_features is None:
+                audio_features, audio_window_mask, audio_starts, audio_durations = fill["audio"]
+                blank.append(self.config.audio_token_id)
+        if pixel_values is not None:
+            image_patches = self.vision_tower(pixel_values.to(self.vision_dtype))  # (Ni, P, Dv)
+            media[self.config.image_token_id] = self.project_images(image_patches)
+        if video_pixel_values is not None:
+            media[self.config.video_token_id] = self.encode_videos(
+                video_pixel_values, video_frame_mask, video_timestamps, video_durations
+            )
+        if audio_features is not None:
+            media[self.config.audio_token_id] = self.encode_audios(
+                audio_features, audio_window_mask, audio_starts, audio_durations
+            )
+        if blank:  # their outputs enter the loss times zero: every branch gets a (zero) gradient
+            idle = sum(media.pop(tid).sum() for tid in blank) * 0.0
+            inputs_embeds = inputs_embeds + idle
+            if self.config.image_token_id in blank:
+                image_patches = None
+        if prefill:
+            for name, tid in (("image", self.config.image_token_id), ("video", self.config.video_token_id),
+                              ("audio", self.config.audio_token_id)):
+                if tid not in media and bool((input_ids == tid).any()):
+                    raise ValueError(f"prompt has {name} placeholders but no {name} inputs were given")
+        inputs_embeds = merge_media_embeddings(input_ids, inputs_embeds, media)
+        return inputs_embeds, image_patches, media
 
     def _forward_pointer(
         self, input_ids, inputs_embeds, image_tokens, prefill, *, attention_mask, position_ids, past_key_values,
@@ -1411,7 +1454,11 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
             detach = lambda ts: None if ts is None else tuple(t.detach() for t in ts)  # noqa: E731
             state = self._pointing = {"regions": detach(regions), "clips": detach(clips),
                                       "pending": [[] for _ in range(b)], "text": [],
-                                      "confidences": [{"box": [], "span": []} for _ in range(b)]}
+                                      "confidences": [{"box": [], "span": []} for _ in range(b)],
+                                      "generated": [[] for _ in range(b)]}  # each row's ids after the prompt
+        elif self.mirror_view is not None:
+            for r in range(b):
+                state["generated"][r] += input_ids[r].tolist()
         reread = self.region_pointer is not None and self.region_pointer.reread is not None
         span_reread = self.span_pointer is not None and self.span_pointer.reread is not None
         # each step's (B, T, H) states and (B, T) text mask, joined only when a box or span is chosen
@@ -1426,7 +1473,14 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                     if j is not None:  # about to write coordinate j of a box: choose its patch
                         patches, boxes, _ = state["regions"]
                         text = self._text_so_far(state["text"], r, j) if reread else ()
-                        bins, conf = self.region_pointer.choose(hidden[r, -1 - j], patches[r], boxes[r], n, *text)
+                        probs = self.region_pointer.probabilities(hidden[r, -1 - j][None], patches[r][None],
+                                                                  *(t[None] for t in text))
+                        candidates = boxes[r][None]
+                        # at the marker (not inside a box part-written in the prompt): its mirrored view too
+                        if self.mirror_view is not None and j == 0:
+                            if (view := self.mirror_view(r, state["generated"][r])) is not None:
+                                probs, candidates = with_mirror_view(probs, candidates, *view)
+                        (bins,), (conf,) = choose_region(probs, candidates, n)
                         todo[:] = bins[j:]
                         state["confidences"][r]["box"].append(conf)
                 if not todo and state["clips"] is not None and state["clips"][1][r].any():
@@ -1441,6 +1495,24 @@ class OmniGroundForCausalLM(OmniGroundPreTrainedModel, GenerationMixin):
                 forced = torch.full_like(logits[r, -1], float("-inf"))
                 forced[start + todo.pop(0)] = 0.0
                 logits[r, -1] = forced
+
+    @torch.no_grad()
+    def region_view(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **media: Any
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ending in a `<|box|>` marker, with their media (the processor's tensors) -> the region pointer's
+        probabilities there, (B, P[+1]) as `RegionPointer.probabilities`, and the boxes of the row's image's
+        patches (B, P, 4): one pass without a cache, apart from generate()'s state (`region_mirror` runs it in
+        the middle of a generate() call)."""
+        position_ids = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        embeds, patches, _ = self._embed_inputs(input_ids, None, True, **media)
+        _, hidden, _ = self._decode(embeds, attention_mask, position_ids, None, False, 1)
+        rows = torch.arange(len(input_ids), device=input_ids.device)
+        at = torch.full_like(rows, input_ids.shape[1] - 1)
+        text = () if self.region_pointer.reread is None else \
+            text_before(hidden, self._is_text(input_ids, attention_mask), rows, at)
+        image = first_item_per_row(input_ids, self.config.image_token_id, self.config.num_image_tokens).clamp_min(0)
+        probs = self.region_pointer.probabilities(hidden[:, -1], patches[image], *text)
+        return probs, self.region_pointer.boxes(patches)[image]
 
     @staticmethod
     def _text_so_far(steps: list[tuple[torch.Tensor, torch.Tensor]], r: int, j: int) -> tuple[torch.Tensor, ...]:

@@ -95,6 +95,16 @@ def _is_own_notation(notation: str) -> bool:
     return notation[:1] in "[{" and '"' not in notation
 
 
+# What a mirror swaps in what is said of an image (`OmniGroundProcessor.mirrored_text`), case kept
+MIRRORED_WORDS = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
+MIRRORED_WORDS_RE = re.compile(r"\b(?:leftmost|rightmost|left|right)\b", re.IGNORECASE)
+
+
+def _mirrored_word(word: str) -> str:
+    other = MIRRORED_WORDS[word.lower()]
+    return other.upper() if word.isupper() and len(word) > 1 else other.capitalize() if word[0].isupper() else other
+
+
 def rewrite_locations(text: str, write, **parse_kwargs) -> str:
     """`text` with each of our box/span notations replaced by `write(Box | Span)` (None keeps it)."""
     out, pos = [], 0
@@ -277,6 +287,24 @@ class OmniGroundProcessor:
             raise ValueError(f"{len(given)} media item(s) given but no placeholder uses them")
         return out, ordered
 
+    def mirrored_text(self, text: str, image_size: tuple[int, int] | None) -> str:
+        """Text about an image, as said of the image mirrored left to right (`region_mirror`'s view): "left" and
+        "right" swapped (and "leftmost" / "rightmost"), boxes mirrored -- those in the grounding language
+        (normalised to the image) and those in location tokens (the model's square frame)."""
+        last = self.config.num_location_bins - 1
+
+        def box_tokens(m: re.Match) -> str:
+            bins = [int(k) for k in re.findall(r"<loc_(\d+)>", m.group(2))]
+            if m.group(1) != BOX_TOKEN or len(bins) != 4:
+                return m.group(0)
+            x1, y1, x2, y2 = bins
+            return BOX_TOKEN + "".join(loc_token(v) for v in (last - x2, y1, last - x1, y2))
+
+        text = LOC_GROUP_RE.sub(box_tokens, text)
+        text = rewrite_locations(text, lambda item: format_box(Box(1 - item.x2, item.y1, 1 - item.x1, item.y2))
+                                 if isinstance(item, Box) else None, image_size=image_size)
+        return MIRRORED_WORDS_RE.sub(lambda m: _mirrored_word(m.group(0)), text)
+
     def encode(
         self,
         messages: list[dict],
@@ -286,11 +314,13 @@ class OmniGroundProcessor:
         with_labels: bool = False,
         max_length: int | None = None,
         answer_prefix: str | None = None,
+        mirror: bool = False,
     ) -> ModelExample:
         """One conversation (+ its media, in placeholder order) -> a `ModelExample`.
 
         `answer_prefix` (with the generation prompt): the start of the assistant's answer, given rather
         than generated -- one prefill pass instead of a decode step per token.
+        `mirror`: its images mirrored left to right and its text said of them (`mirrored_text`).
         Media may be paths, bytes, or already decoded (PIL image, VideoFrames, Audio). Locations in the
         text are normalised to the original media and rewritten into the model's frame/tokens here.
         `max_length` cuts the tail of the text; a cut through media tokens raises ValueError.
@@ -302,7 +332,8 @@ class OmniGroundProcessor:
             ex.meta.modalities.append(kind)
             if kind == "image":
                 ex.meta.image_size = ex.meta.image_size or tuple(item.size)
-                ex.images.append(self.image_tensor(item))
+                pixels = self.image_tensor(item)  # the padded square is centred: mirrored, the mirror's
+                ex.images.append(np.ascontiguousarray(pixels[..., ::-1]) if mirror else pixels)
             elif kind == "video":
                 ex.videos.append(self.video_arrays(item))
                 ex.meta.duration = ex.meta.duration or ex.videos[-1][2]
@@ -311,11 +342,13 @@ class OmniGroundProcessor:
                 ex.meta.duration = ex.meta.duration or ex.audios[-1][2]
         counts = self.config.media_token_counts()
         for msg in messages:
-            text = self.to_model_text(msg["content"], ex.meta.image_size, ex.meta.duration)
+            said = self.mirrored_text(msg["content"], ex.meta.image_size) if mirror else msg["content"]
+            text = self.to_model_text(said, ex.meta.image_size, ex.meta.duration)
             msg["content"] = PLACEHOLDER_RE.sub(lambda m: PAD_TOKENS[m.group(1)] * counts[m.group(1)], text)
         ex.input_ids, ex.labels = self._tokenize(messages, add_generation_prompt, with_labels)
         if answer_prefix:
-            text = self.to_model_text(answer_prefix, ex.meta.image_size, ex.meta.duration)
+            said = self.mirrored_text(answer_prefix, ex.meta.image_size) if mirror else answer_prefix
+            text = self.to_model_text(said, ex.meta.image_size, ex.meta.duration)
             ex.meta.answer_prefix_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             ex.input_ids += ex.meta.answer_prefix_ids
         if max_length is not None and len(ex.input_ids) > max_length:
@@ -410,11 +443,12 @@ class OmniGroundProcessor:
         padding_side: str = "left",
         max_length: int | None = None,
         answer_prefixes: list[str | None] | None = None,
+        mirror: bool = False,
     ) -> tuple[BatchFeature, list[RequestMeta]]:
         """Batch of conversations (+ their media lists) -> model inputs and per-request meta.
 
         A single conversation (a list of {"role", "content"} dicts) is a batch of one.
-        `answer_prefixes`: per conversation, the answer's given start (see `encode`).
+        `answer_prefixes`: per conversation, the answer's given start; `mirror`: images mirrored (see `encode`).
         """
         if conversations and isinstance(conversations[0], dict):
             conversations, media = [conversations], [media] if media is not None else None
@@ -424,7 +458,7 @@ class OmniGroundProcessor:
         prefixes = answer_prefixes if answer_prefixes is not None else [None] * len(conversations)
         examples = [
             self.encode(msgs, items, add_generation_prompt=add_generation_prompt, with_labels=return_labels,
-                        max_length=max_length, answer_prefix=prefix)
+                        max_length=max_length, answer_prefix=prefix, mirror=mirror)
             for msgs, items, prefix in zip(conversations, media, prefixes)
         ]
         return self.collate(examples, padding_side), [ex.meta for ex in examples]
