@@ -6,10 +6,11 @@ import re
 import numpy as np
 import pytest
 import torch
-from micro import image, micro_model
+from micro import image, micro_model, video
 from PIL import Image
 
 from omniground.model.modeling_omniground import choose_region, mirrored_boxes, with_mirror_view
+from omniground.model.processing_omniground import RequestMeta
 from omniground.model.tokenizer import BOX_TOKEN
 
 from test_model_regions import _prompts_ending_in_a_box, _reread_model
@@ -117,12 +118,14 @@ def test_generation_chooses_each_box_from_both_views():
 
 def test_the_mirror_view_is_only_for_answers_on_one_image():
     og = _reread_model()
-    view = og.mirror_view([[{"role": "user", "content": "<image><image>\nWhich?"}], [{"role": "user", "content": "Hi"}]],
-                          [[image(0), image(1)], None], [type("Meta", (), {"answer_prefix_ids": []})()] * 2)
+    two, none = [{"role": "user", "content": "<image><image>\nWhich?"}], [{"role": "user", "content": "Hi"}]
+    both = [{"role": "user", "content": "<image><video>\nWhich?"}]
+    meta = RequestMeta()  # no answer start given
+    view = og.mirror_view([two, none, both], [[image(0), image(1)], None, [image(0), video()]], [meta] * 3)
     box = og.tokenizer.convert_tokens_to_ids(BOX_TOKEN)
-    assert view(0, [box]) is None and view(1, [box]) is None
-    single = og.mirror_view([[{"role": "user", "content": "<image>\nWhich?"}]], [[image(0)]],
-                            [type("Meta", (), {"answer_prefix_ids": []})()])
+    assert view(0, [box]) is None and view(1, [box]) is None  # two images, none
+    assert view(2, [box]) is None  # an image and a video, whose frames are not mirrored
+    single = og.mirror_view([[{"role": "user", "content": "<image>\nWhich?"}]], [[image(0)]], [meta])
     assert single(0, og.tokenizer.encode("the cat", add_special_tokens=False)) is None  # not at a box marker
     probs, boxes = single(0, og.tokenizer.encode("the cat", add_special_tokens=False) + [box])
     assert probs.shape[0] == 1 and boxes.shape[-1] == 4 and np.isclose(float(probs.sum()), 1.0, atol=1e-5)

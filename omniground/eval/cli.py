@@ -257,8 +257,10 @@ def compare(a: Path = typer.Argument(..., help="metrics.json of system A"),
             style = "green" if delta.startswith("+") and delta != "+0.000" else "red" if delta.startswith("-") else ""
             paired = _paired(k, (sa or {}).get(group), (sb or {}).get(group))
             paired_any |= paired is not None
-            only = ["", "", ""] if paired is None else \
-                [str(paired[0]), str(paired[1]), f"[bold]{paired[2]:.3f}[/bold]" if paired[2] < 0.05 else f"{paired[2]:.3f}"]
+            only = ["", "", ""]
+            if paired is not None:
+                p = f"{paired[2]:.3f}"
+                only = [str(paired[0]), str(paired[1]), f"[bold]{p}[/bold]" if paired[2] < 0.05 else p]
             table.add_row(k, "-" if va is None else f"{va:.3f}", "-" if vb is None else f"{vb:.3f}",
                           f"[{style}]{delta}[/{style}]" if style else delta, *only)
         console.print(table)
@@ -270,4 +272,5 @@ def compare(a: Path = typer.Argument(..., help="metrics.json of system A"),
         console.print(f"[dim]no per-sample IoUs beside {a if sa is None else b} (per_sample.jsonl, written by "
                       "`omniground eval run`): deltas only, not paired[/dim]", soft_wrap=True)
     else:
-        console.print("[dim]no group was scored on the same samples by both: deltas only, not paired[/dim]", soft_wrap=True)
+        console.print("[dim]no group was scored on the same samples by both: deltas only, not paired[/dim]",
+                      soft_wrap=True)

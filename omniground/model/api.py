@@ -245,9 +245,10 @@ class OmniGround:
         """`region_mirror`'s second view, for generate() to call where a row is to write a box: (row, the ids it
         generated so far) -> the region pointer's probabilities and patch boxes (`region_view`) for the row's
         conversation and answer so far, said of its image mirrored left to right (`mirrored_text`: "the second
-        cup from the left" becomes "... from the right"); None for a row without exactly one image. Why: two
-        views of one scene err apart, as the region pointer's heads do, and each box is chosen from both
-        (test-time augmentation; omniground-tiny's REC about +1.5 points: configs/omniground-tiny/README.md)."""
+        cup from the left" becomes "... from the right"); None for a row without exactly one image, or with a
+        video. Why: two views of one scene err apart, as the region pointer's heads do, and each box is chosen
+        from both (test-time augmentation; omniground-tiny's REC about +1.5 points,
+        configs/omniground-tiny/README.md)."""
         media = media or [None] * len(conversations)
         loaded: dict[int, list | None] = {}  # each row's media, decoded once
 
@@ -255,7 +256,7 @@ class OmniGround:
             if row not in loaded:
                 kinds = [_media_kind(m) for m in media[row] or []]
                 loaded[row] = [self.processor.load_media(k, m) for k, m in zip(kinds, media[row] or [])] \
-                    if kinds.count("image") == 1 else None
+                    if kinds.count("image") == 1 and "video" not in kinds else None  # (frames are not mirrored)
             answer = self.tokenizer.decode(metas[row].answer_prefix_ids + generated, skip_special_tokens=False)
             if loaded[row] is None or not answer.endswith(BOX_TOKEN):
                 return None

@@ -332,7 +332,7 @@ class OmniGroundProcessor:
             ex.meta.modalities.append(kind)
             if kind == "image":
                 ex.meta.image_size = ex.meta.image_size or tuple(item.size)
-                pixels = self.image_tensor(item)  # the padded square is centred: mirrored, the mirror's
+                pixels = self.image_tensor(item)  # the centred padded square mirrored: the mirror image's square
                 ex.images.append(np.ascontiguousarray(pixels[..., ::-1]) if mirror else pixels)
             elif kind == "video":
                 ex.videos.append(self.video_arrays(item))
