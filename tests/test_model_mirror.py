@@ -129,3 +129,16 @@ def test_the_mirror_view_is_only_for_answers_on_one_image():
     assert single(0, og.tokenizer.encode("the cat", add_special_tokens=False)) is None  # not at a box marker
     probs, boxes = single(0, og.tokenizer.encode("the cat", add_special_tokens=False) + [box])
     assert probs.shape[0] == 1 and boxes.shape[-1] == 4 and np.isclose(float(probs.sum()), 1.0, atol=1e-5)
+
+
+def test_a_batch_gets_each_rows_own_mirror_view():
+    og = _reread_model(seed=5)
+    convs = [[{"role": "user", "content": "<image>\nWhere is the cat on the left?"}],
+             [{"role": "user", "content": "<image>\nAnd the dog on the right, next to it?"}]]
+    media, starts = [[image(3, w=48, h=32)], [image(4, w=32, h=48)]], [f"The cat{BOX_TOKEN}", f"The dog{BOX_TOKEN}"]
+    kw = dict(max_new_tokens=4, region_mirror=True, check_declines=False)
+    together = og.chat_batch(convs, media, answer_prefixes=starts, **kw)  # left-padded: row 0's prompt is shorter
+    alone = [og.chat(c, m, answer_prefixes=[s], **kw) for c, m, s in zip(convs, media, starts)]
+    assert [r.model_text for r in together] == [r.model_text for r in alone]
+    assert [r.boxes[0].score for r in together] == pytest.approx([r.boxes[0].score for r in alone], rel=1e-4)
+    assert together[0].model_text != together[1].model_text
