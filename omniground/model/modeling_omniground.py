@@ -166,6 +166,7 @@ class OmniGroundConfig(PreTrainedConfig):
     # The region pointer also reads the image mirrored left to right, with the text's left and right swapped
     # (`OmniGround.chat_batch` runs that view, `region_view`), and each box is chosen from both views'
     # probabilities averaged -- test-time augmentation: two views of one scene err apart, as two heads do.
+    # The words swapped are English ones (`MIRRORED_WORDS`): for prompts in another language, leave it off.
     region_mirror: bool = False
     # A span on a clip is two pointers at its time slots (the time-anchored resampler's output tokens), where
     # it starts and where it ends; the `<loc_k>` tokens written are those slots' times. See SpanPointer.
