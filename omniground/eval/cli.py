@@ -218,14 +218,14 @@ def _per_sample(metrics_json: Path) -> dict[str, dict[str, float]] | None:
 def _paired(metric: str, a: dict[str, float] | None, b: dict[str, float] | None) -> tuple[int, int, float] | None:
     """For a top-1 IoU threshold metric (acc@t, r1@t) scored on the same samples by both: (right for A alone,
     right for B alone, McNemar's exact p-value); None where it cannot be paired."""
-    from omniground.eval.metrics import IOU_TIE, paired_p_value
+    from omniground.eval.metrics import paired_p_value, right_at
 
     kind, _, threshold = metric.partition("@")
     if kind not in ("acc", "r1") or not a or not b or a.keys() != b.keys():
         return None
-    t = float(threshold) - IOU_TIE
-    only_a = sum(a[i] >= t > b[i] for i in a)
-    only_b = sum(b[i] >= t > a[i] for i in a)
+    ids = list(a)
+    right_a, right_b = (right_at([ious[i] for i in ids], float(threshold)) for ious in (a, b))
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
     return only_a, only_b, paired_p_value(only_a, only_b)
 
 

@@ -49,9 +49,14 @@ def top1_ious(preds: Sequence[Sequence[Box | Span]], gts: Sequence[Box | Span]) 
 IOU_TIE = 1e-12
 
 
+def right_at(ious, threshold: float) -> np.ndarray:
+    """Which IoUs are at or above the threshold (IoU exactly at the threshold counts, as in the papers)."""
+    return np.asarray(ious) >= threshold - IOU_TIE
+
+
 def accuracy_at(ious: np.ndarray, threshold: float) -> float:
-    """Share of IoUs at or above the threshold (IoU exactly at the threshold counts, as in the papers)."""
-    return float(np.mean(np.asarray(ious) >= threshold - IOU_TIE)) if len(ious) else 0.0
+    """Share of IoUs at or above the threshold (`right_at`)."""
+    return float(np.mean(right_at(ious, threshold))) if len(ious) else 0.0
 
 
 def rec_metrics(preds: Sequence[Sequence[Box]], gts: Sequence[Box]) -> dict[str, float]:

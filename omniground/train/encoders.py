@@ -33,7 +33,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.data.synth import assets
 from omniground.files import atomic_output, drop_partial_outputs
-from omniground.model.modeling_omniground import pairwise_box_iou
+from omniground.model.modeling_omniground import mirrored_boxes, pairwise_box_iou
 from omniground.train.config import EncoderConfig
 from omniground.train.data import TrainItem, load_sources
 
@@ -166,8 +166,7 @@ class ImageSet:
             for k in ("category", "colour"):
                 t[k][f] = t[k][f].view(-1, g, g).flip(-1).reshape(-1, g * g)
             b = t["box"][f].view(-1, g, g, 4).flip(2).reshape(-1, g * g, 4)
-            mirrored = torch.stack([1 - b[..., 2], b[..., 1], 1 - b[..., 0], b[..., 3]], -1)
-            t["box"][f] = torch.where(t["category"][f][..., None] > 0, mirrored, b)  # background stays 0
+            t["box"][f] = torch.where(t["category"][f][..., None] > 0, mirrored_boxes(b), b)  # background stays 0
         return px, t
 
 
