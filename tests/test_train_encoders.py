@@ -18,8 +18,11 @@ from omniground.train.config import EncoderConfig
 from omniground.train.encoders import (
     COLOUR_NAMES,
     OBJECT_NAMES,
+    ORDER_SIDES,
+    SIZES,
     ImageSet,
     frame_targets,
+    object_relations,
     patch_targets,
     pretrain_encoders,
 )
@@ -74,6 +77,42 @@ def test_a_mirrored_batch_has_the_targets_of_the_mirrored_scene():
     assert torch.equal(got["colour"][0], torch.from_numpy(want["colour"]))
     torch.testing.assert_close(got["box"][0], torch.from_numpy(want["box"]))
     assert torch.equal(ImageSet(px, t).batch([0], [False])[1]["category"], t["category"])  # no flip, no change
+
+
+# three cats in a row (the left one big, their centres too close in height to rank top / bottom), a dog alone
+RANKED = {"width": 64, "height": 64, "objects": [
+    _obj("cat", None, (0, 0, 24, 24)), _obj("cat", None, (24, 2, 40, 18)), _obj("cat", None, (48, 4, 64, 20)),
+    _obj("dog", None, (20, 40, 40, 60)),
+]}  # fmt: skip
+
+
+def test_relations_are_what_the_generators_ordinals_and_sizes_say():
+    order, size = object_relations(RANKED)
+    assert order.tolist() == [[0, 2, -1, -1], [1, 1, -1, -1], [2, 0, -1, -1], [0, 0, 0, 0]]  # left right top bottom
+    assert [SIZES[k] for k in size] == ["big", "neither", "neither", "alone"]
+    t = patch_targets(RANKED, grid=8, relations=True)
+    # patch (row 0, column 4) lies in the middle cat; (row 6, column 3) in the dog; (7, 7) is background
+    assert t["order"].reshape(8, 8, 4)[0, 4].tolist() == [1, 1, -1, -1]
+    assert t["order"].reshape(8, 8, 4)[6, 3].tolist() == [0, 0, 0, 0]
+    assert t["order"].reshape(8, 8, 4)[7, 7].tolist() == [-1] * 4 and t["size"].reshape(8, 8)[7, 7] == -1
+    assert SIZES[t["size"].reshape(8, 8)[0, 0]] == "big"
+    assert "order" not in patch_targets(RANKED, grid=8)  # only when asked
+    # a fifth cat is still "fourth or later"
+    five = {**RANKED, "objects": [_obj("cat", None, (x, 40, x + 8, 48)) for x in range(0, 64, 12)]}
+    assert object_relations(five)[0][:, 0].tolist() == [0, 1, 2, 3, 3, 3]
+
+
+def test_a_mirrored_batch_swaps_left_and_right_ranks():
+    mirrored = {**RANKED, "objects": [
+        _obj(o["name"], o["colour"], (64 - o["box"][2], o["box"][1], 64 - o["box"][0], o["box"][3]))
+        for o in RANKED["objects"]
+    ]}  # fmt: skip
+    t = {k: torch.from_numpy(v)[None] for k, v in patch_targets(RANKED, 8, relations=True).items()}
+    want = patch_targets(mirrored, 8, relations=True)
+    _, got = ImageSet(torch.zeros(1, 3, 64, 64), t).batch([0], [True])
+    assert ORDER_SIDES[:2] == ("left", "right")
+    for k in ("order", "size", "category"):
+        assert torch.equal(got[k][0], torch.from_numpy(want[k])), k
 
 
 def test_frame_targets_mark_what_is_on_at_each_frame_centre():
@@ -179,6 +218,19 @@ def test_stage0_trains_a_conv_stem_and_saves_it(tmp_path, synth_data):
     torch.manual_seed(cfg.seed)
     fresh = build_tiny(**cfg.model.tiny).model.vision_tower.encoder.patch_embed
     assert not torch.equal(stem[0].weight, fresh[0].weight)  # the first conv learned and was saved
+
+
+def test_stage0_with_relational_targets_learns_ranks_and_sizes(tmp_path, synth_data):
+    cfg = _config(tmp_path, synth_data, modalities=["image"], relational_targets=True)
+    summary = pretrain_encoders(cfg)
+    rows = summary["history"]
+    assert all("order_acc" in r and "size_acc" in r for r in rows)
+    assert np.mean([r["loss"] for r in rows[-5:]]) < 0.7 * np.mean([r["loss"] for r in rows[:5]])
+    image_eval = next(e for e in summary["evals"] if e["branch"] == "image")
+    assert 0.0 < image_eval["order_acc"] <= 1.0 and 0.0 < image_eval["size_acc"] <= 1.0
+    # without them the heads and figures are not there
+    plain = pretrain_encoders(_config(tmp_path / "plain", synth_data, modalities=["image"], max_steps=2))
+    assert "order_acc" not in plain["history"][-1]
 
 
 def test_stage0_through_the_cli_and_its_errors(tmp_path, synth_data):

@@ -134,6 +134,9 @@ class EncoderConfig(StageConfig):
     steps: dict[Literal["image", "audio"], int] = {}  # a modality's own step count instead of max_steps
     freeze_after: bool = True  # the saved model's encoders stay frozen in stages 1-3 (train_encoders=False)
     save_every: int = Field(default=0, ge=0)  # resumable state every N steps of a branch and at its end (0: never)
+    # image patches also learn their object's rank among its kind from each side and its size among them
+    # (`patch_targets`' order and size): what "the second cat from the left" and "the big cat" ask
+    relational_targets: bool = False
 
 
 class PointerConfig(StageConfig):

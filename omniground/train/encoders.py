@@ -45,20 +45,50 @@ COLOUR_NAMES = ["natural", *assets.COLOURS]  # "natural": the glyph's own colour
 # Dense targets from the generator's metadata
 
 
-def patch_targets(scene: dict, grid: int, pad_to_square: bool = True) -> dict[str, np.ndarray]:
+ORDER_SIDES = ("left", "right", "top", "bottom")  # `order`'s columns; a mirror swaps the first two
+SIZES = ("alone", "big", "small", "neither")  # `size`'s classes: among the objects of its kind
+
+
+def object_relations(scene: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per object, what the generator's ordinal and size expressions say of it (`ordinal_expressions`,
+    `size_expressions`): `order` (n, 4) its rank among its kind from each of ORDER_SIDES, 3 for "fourth or
+    later", 0 when it is the only one, -1 where two of its kind are too close on that axis to be ranked;
+    `size` (n,) an index into SIZES."""
+    from omniground.data.synth.images import Scene, SceneObject, ordinal_expressions, size_expressions
+
+    objects = [SceneObject(o["name"], o.get("colour"), 0, 0.0, box=tuple(o["box"])) for o in scene["objects"]]
+    s = Scene(scene["width"], scene["height"], {}, objects)  # the rules read names and boxes alone
+    names = [o.name for o in s.objects]
+    alone = np.array([names.count(n) == 1 for n in names])
+    order = np.where(alone[:, None], 0, -1).repeat(len(ORDER_SIDES), 1)
+    for e in ordinal_expressions(s):
+        order[e.target, ORDER_SIDES.index(e.params["side"])] = min(e.params["rank"], 3)
+    size = np.where(alone, SIZES.index("alone"), SIZES.index("neither"))
+    for e in size_expressions(s):
+        size[e.target] = SIZES.index(e.params["size"])
+    return order.astype(np.int64), size.astype(np.int64)
+
+
+def patch_targets(scene: dict, grid: int, pad_to_square: bool = True, relations: bool = False
+                  ) -> dict[str, np.ndarray]:
     """Scene metadata -> per-patch targets in the model's square frame (the processor's padding).
 
     Returns `category` (g*g,) 0 = background, 1 + index into OBJECT_NAMES; `colour` (g*g,) index into
-    COLOUR_NAMES (-1 on background); `box` (g*g, 4) the covering object's x1,y1,x2,y2 in [0,1].
-    The covering object of a patch is the front-most one whose box holds the patch centre.
+    COLOUR_NAMES (-1 on background); `box` (g*g, 4) the covering object's x1,y1,x2,y2 in [0,1]; with
+    `relations`, also `order` (g*g, 4) and `size` (g*g,) of the covering object (`object_relations`; -1 on
+    background). The covering object of a patch is the front-most one whose box holds the patch centre.
     """
     w, h = scene["width"], scene["height"]
     side = max(w, h) if pad_to_square else None
     category = np.zeros(grid * grid, np.int64)
     colour = np.full(grid * grid, -1, np.int64)
     box = np.zeros((grid * grid, 4), np.float32)
+    if relations:
+        obj_order, obj_size = object_relations(scene)
+        order = np.full((grid * grid, len(ORDER_SIDES)), -1, np.int64)
+        size = np.full(grid * grid, -1, np.int64)
     centres = (np.arange(grid) + 0.5) / grid  # patch centres, normalised
-    for obj in scene["objects"]:  # back to front: later objects overwrite
+    for k, obj in enumerate(scene["objects"]):  # back to front: later objects overwrite
         x1, y1, x2, y2 = obj["box"]
         if side is not None:
             ox, oy = (side - w) // 2, (side - h) // 2
@@ -75,6 +105,11 @@ def patch_targets(scene: dict, grid: int, pad_to_square: bool = True) -> dict[st
         category[cover] = 1 + OBJECT_NAMES.index(obj["name"])
         colour[cover] = COLOUR_NAMES.index(obj["colour"] or "natural")
         box[cover] = b
+        if relations:
+            order[cover] = obj_order[k]
+            size[cover] = obj_size[k]
+    if relations:
+        return {"category": category, "colour": colour, "box": box, "order": order, "size": size}
     return {"category": category, "colour": colour, "box": box}
 
 
@@ -102,11 +137,13 @@ def frame_targets(
 class ImageHeads(nn.Module):
     """`box` may be the model's own regressor (RegionPointer.box): then it is trained here and kept."""
 
-    def __init__(self, dim: int, box: nn.Module | None = None):
+    def __init__(self, dim: int, box: nn.Module | None = None, relations: bool = False):
         super().__init__()
         self.category = nn.Linear(dim, 1 + len(OBJECT_NAMES))
         self.colour = nn.Linear(dim, len(COLOUR_NAMES))
         self.box = box if box is not None else nn.Linear(dim, 4)
+        self.order = nn.Linear(dim, len(ORDER_SIDES) * 4) if relations else None  # ranks 0, 1, 2, 3+ per side
+        self.size = nn.Linear(dim, len(SIZES)) if relations else None
 
     def loss(self, patches: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """patches (B, P, D); targets as `patch_targets`, batched."""
@@ -125,7 +162,18 @@ class ImageHeads(nn.Module):
             # share of covered patches whose box alone would pass Acc@0.5: the ceiling of region boxes
             iou50 = (pairwise_box_iou(boxes[:, None], t["box"][on]) >= 0.5).float().mean().item() if on.any() else 0.0
         loss = loss_cat + loss_col + 5.0 * loss_box + 2.0 * (1 - giou).mean()
-        return loss, {"object_patch_acc": hit, "box_l1": loss_box.item(), "box_iou50": iou50}
+        info = {"object_patch_acc": hit, "box_l1": loss_box.item(), "box_iou50": iou50}
+        if self.order is not None:  # targets -1 (background, unranked) are left out
+            order = self.order(patches).unflatten(-1, (len(ORDER_SIDES), 4))
+            size = self.size(patches)
+            loss = loss + F.cross_entropy(order.flatten(0, 2), t["order"].flatten(), ignore_index=-1) \
+                + F.cross_entropy(size.flatten(0, 1), t["size"].flatten(), ignore_index=-1)
+            with torch.no_grad():
+                for name, logits in (("order", order), ("size", size)):
+                    known = t[name] >= 0
+                    right = (logits.argmax(-1) == t[name])[known]
+                    info[f"{name}_acc"] = right.float().mean().item() if known.any() else 0.0
+        return loss, info
 
 
 class AudioHeads(nn.Module):
@@ -151,7 +199,7 @@ class AudioHeads(nn.Module):
 @dataclass
 class ImageSet:
     pixels: torch.Tensor  # (N, 3, S, S)
-    targets: dict[str, torch.Tensor]  # category (N, P), colour (N, P), box (N, P, 4)
+    targets: dict[str, torch.Tensor]  # category (N, P), colour (N, P), box (N, P, 4)[, order (N, P, 4), size (N, P)]
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -161,19 +209,22 @@ class ImageSet:
         t = {k: v[idx].clone() for k, v in self.targets.items()}
         g = math.isqrt(t["category"].shape[1])
         f = torch.tensor(flip)
-        if f.any():  # mirror: pixels, the patch grid, and the boxes' x
+        if f.any():  # mirror: pixels, the patch grid, the boxes' x, and left and right in `order`
             px[f] = px[f].flip(-1)
-            for k in ("category", "colour"):
-                t[k][f] = t[k][f].view(-1, g, g).flip(-1).reshape(-1, g * g)
+            for k in t.keys() - {"box"}:
+                v = t[k][f]
+                t[k][f] = v.view(-1, g, g, *v.shape[2:]).flip(2).reshape(v.shape)
+            if "order" in t:
+                t["order"][f] = t["order"][f][..., [1, 0, 2, 3]]
             b = t["box"][f].view(-1, g, g, 4).flip(2).reshape(-1, g * g, 4)
             t["box"][f] = torch.where(t["category"][f][..., None] > 0, mirrored_boxes(b), b)  # background stays 0
         return px, t
 
 
-def load_image_set(items: list[TrainItem], processor, grid: int) -> ImageSet | None:
+def load_image_set(items: list[TrainItem], processor, grid: int, relations: bool = False) -> ImageSet | None:
     from omniground.media import load_image
 
-    pixels, targets = [], {"category": [], "colour": [], "box": []}
+    pixels, targets = [], {}
     pad = processor.config.aspect_mode == "pad"
     seen = set()
     for it in items:
@@ -185,8 +236,8 @@ def load_image_set(items: list[TrainItem], processor, grid: int) -> ImageSet | N
             continue
         seen.add(path)
         pixels.append(torch.from_numpy(processor.image_tensor(load_image(path))))
-        for k, v in patch_targets(s.meta["scene"], grid, pad).items():
-            targets[k].append(torch.from_numpy(v))
+        for k, v in patch_targets(s.meta["scene"], grid, pad, relations).items():
+            targets.setdefault(k, []).append(torch.from_numpy(v))
     if not pixels:
         return None
     return ImageSet(torch.stack(pixels), {k: torch.stack(v) for k, v in targets.items()})
@@ -281,14 +332,15 @@ def pretrain_encoders(cfg: EncoderConfig, resume: bool = False, console: Console
     branches: dict[str, dict[str, Any]] = {}
     with console.status("decoding the training media"):
         if "image" in cfg.modalities and isinstance(vit, SmallViT):
-            train_set = load_image_set(items, processor, grid)
+            train_set = load_image_set(items, processor, grid, cfg.relational_targets)
             if train_set is not None:
                 branches["image"] = dict(
                     encoder=vit,
                     heads=ImageHeads(vit.norm.normalized_shape[0],
-                                     model.region_pointer.box if model.region_pointer is not None else None),
+                                     model.region_pointer.box if model.region_pointer is not None else None,
+                                     cfg.relational_targets),
                     train=train_set,
-                    eval=load_image_set(eval_items, processor, grid),
+                    eval=load_image_set(eval_items, processor, grid, cfg.relational_targets),
                 )
         if "audio" in cfg.modalities and isinstance(audio, SmallAudioEncoder):
             train_set = load_audio_set(items, processor, frames)
