@@ -3,7 +3,7 @@
 # splits (test: seeds never used in training; unseen: held-out combinations), and install the model
 # where `omniground.load("omniground-tiny")` finds it.
 #
-#   scripts/train_default.sh            # training about 68 min on two CPU threads (stage 0 27, stages 1-3 14, stage 3b 6, the pointer refit 20), peak 8.9 GB RSS, plus making the data (6 min) and evaluation (4 min); minutes on a GPU
+#   scripts/train_default.sh            # training about 67 min on two CPU threads (stage 0 27, stages 1-3 12.5, stage 3b 5.5, the pointer refit 19), peak 8.9 GB RSS, plus making the data (6 min) and evaluation (4 min); minutes on a GPU
 #   scripts/train_default.sh small      # the same recipe on SmolLM2-135M + Whisper base (configs/omniground-small):
 #                                       # for a GPU (30x slower than tiny per sample on CPU); evaluated, not installed
 #
