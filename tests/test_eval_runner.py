@@ -185,6 +185,9 @@ def test_figures_carry_intervals_and_compare_pairs_the_samples(tmp_path, endpoin
     r = runner.invoke(app, ["compare", str(out / "metrics.json"), str(b / "metrics.json")])
     assert r.exit_code == 0, r.output
     assert compared(r.output)["rec/test"]["acc@0.5"] == ["1", "2", "1.000"]  # A only, B only, McNemar's p
+    r = runner.invoke(app, ["compare", str(out), str(b)])  # the `eval run --out` folders do as well
+    assert r.exit_code == 0, r.output
+    assert compared(r.output)["rec/test"]["acc@0.5"] == ["1", "2", "1.000"]
     assert compared(r.output)["rec/test"]["miou"] == ["", "", ""]  # not a share of samples: not paired
     assert "McNemar" in r.output
 

@@ -230,12 +230,13 @@ def _paired(metric: str, a: dict[str, float] | None, b: dict[str, float] | None)
 
 
 @app.command("compare")
-def compare(a: Path = typer.Argument(..., help="metrics.json of system A"),
-            b: Path = typer.Argument(..., help="metrics.json of system B")) -> None:
+def compare(a: Path = typer.Argument(..., help="metrics.json of system A, or the `eval run --out` folder holding it"),
+            b: Path = typer.Argument(..., help="metrics.json of system B, or its folder")) -> None:
     """Side-by-side table of two metrics.json files with B - A deltas, and where both were scored on the same
     samples (per_sample.jsonl beside each), the samples each got right alone and whether that split is chance."""
     from omniground.eval.report import HEADLINE
 
+    a, b = (p / "metrics.json" if p.is_dir() else p for p in (a, b))
     docs = []
     for p in (a, b):
         try:
