@@ -32,6 +32,7 @@ from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from omniground.data.synth import assets
+from omniground.data.synth.images import Scene, SceneObject, ordinal_expressions, size_expressions
 from omniground.files import atomic_output, drop_partial_outputs
 from omniground.model.modeling_omniground import mirrored_boxes, pairwise_box_iou
 from omniground.train.config import EncoderConfig
@@ -54,8 +55,6 @@ def object_relations(scene: dict) -> tuple[np.ndarray, np.ndarray]:
     `size_expressions`): `order` (n, 4) its rank among its kind from each of ORDER_SIDES, 3 for "fourth or
     later", 0 when it is the only one, -1 where two of its kind are too close on that axis to be ranked;
     `size` (n,) an index into SIZES."""
-    from omniground.data.synth.images import Scene, SceneObject, ordinal_expressions, size_expressions
-
     objects = [SceneObject(o["name"], o.get("colour"), 0, 0.0, box=tuple(o["box"])) for o in scene["objects"]]
     s = Scene(scene["width"], scene["height"], {}, objects)  # the rules read names and boxes alone
     names = [o.name for o in s.objects]
