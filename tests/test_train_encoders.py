@@ -32,6 +32,12 @@ def _obj(name, colour, box):
     return {"name": name, "colour": colour, "box": list(box)}
 
 
+def _mirrored(objs, width=64):
+    """The same objects in the scene mirrored left to right."""
+    return [_obj(o["name"], o["colour"], (width - o["box"][2], o["box"][1], width - o["box"][0], o["box"][3]))
+            for o in objs]
+
+
 def test_patch_targets_follow_the_processors_padding_and_the_front_object():
     # 48 x 64 portrait: padded to a 64 square, 8 px of fill on the left; grid 8 -> 8 px patches
     scene = {
@@ -63,9 +69,7 @@ def test_a_tiny_object_still_owns_the_patch_of_its_centre():
 
 def test_a_mirrored_batch_has_the_targets_of_the_mirrored_scene():
     objs = [_obj("cat", "blue", (2, 10, 20, 30)), _obj("dog", None, (40, 0, 64, 20))]
-    mirrored = [
-        _obj(o["name"], o["colour"], (64 - o["box"][2], o["box"][1], 64 - o["box"][0], o["box"][3])) for o in objs
-    ]
+    mirrored = _mirrored(objs)
     t = {
         k: torch.from_numpy(v)[None] for k, v in patch_targets({"width": 64, "height": 64, "objects": objs}, 8).items()
     }
@@ -103,10 +107,7 @@ def test_relations_are_what_the_generators_ordinals_and_sizes_say():
 
 
 def test_a_mirrored_batch_swaps_left_and_right_ranks():
-    mirrored = {**RANKED, "objects": [
-        _obj(o["name"], o["colour"], (64 - o["box"][2], o["box"][1], 64 - o["box"][0], o["box"][3]))
-        for o in RANKED["objects"]
-    ]}  # fmt: skip
+    mirrored = {**RANKED, "objects": _mirrored(RANKED["objects"])}
     t = {k: torch.from_numpy(v)[None] for k, v in patch_targets(RANKED, 8, relations=True).items()}
     want = patch_targets(mirrored, 8, relations=True)
     _, got = ImageSet(torch.zeros(1, 3, 64, 64), t).batch([0], [True])
